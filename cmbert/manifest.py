@@ -1,0 +1,164 @@
+"""THE data model: Clip, Word, Utterance, Reject.
+
+Times are seconds from the start of the clip. Ids are deterministic: a clip is named by the hash of its
+bytes (or, for a text-only manifest row, of its text), an utterance by its clip id plus its start in
+milliseconds, so a rerun produces the same ids and overwrites instead of duplicating.
+Large arrays (audio) are referenced by ``Clip.source``; small vectors (per-word features) are inline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+ID_HEX = 16  # 64 bits of sha256: collisions are negligible for corpora of millions of clips
+
+
+def content_id(data: bytes) -> str:
+    """Clip id from the clip's bytes."""
+    return hashlib.sha256(data).hexdigest()[:ID_HEX]
+
+
+def text_id(text: str) -> str:
+    """Clip id for a text-only row (no audio): the hash of its text."""
+    return hashlib.sha256(b"text:" + text.encode("utf-8")).hexdigest()[:ID_HEX]
+
+
+def source_id(source: str) -> str:
+    """Id for a source whose bytes could not be read (missing file): the hash of its name."""
+    return hashlib.sha256(b"source:" + source.encode("utf-8")).hexdigest()[:ID_HEX]
+
+
+def utterance_id(clip_id: str, start: float | None) -> str:
+    start_ms = 0 if start is None else int(round(start * 1000))
+    return f"{clip_id}-{start_ms:09d}"
+
+
+def task_id(clip_id: str, start: float | None = None, end: float | None = None) -> str:
+    """The unit of incremental work: a whole clip, or one manifest segment of it."""
+    if start is None and end is None:
+        return clip_id
+    s = -1 if start is None else int(round(start * 1000))
+    e = -1 if end is None else int(round(end * 1000))
+    return f"{clip_id}-{s}-{e}"
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One unit of input: a media file (or a segment of it), or a text-only manifest row."""
+
+    clip_id: str
+    source: str  # path relative to the input root, or "manifest:ROW" for text-only rows
+    text: str | None = None  # known transcript -> forced alignment; None -> ASR
+    label: float | None = None
+    start: float | None = None  # segment bounds from the manifest, seconds
+    end: float | None = None
+    extra: tuple[tuple[str, str], ...] = ()  # other manifest columns, as text
+
+    @property
+    def task_id(self) -> str:
+        return task_id(self.clip_id, self.start, self.end)
+
+    @property
+    def has_audio(self) -> bool:
+        return not self.source.startswith("manifest:")
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float | None  # None when audio is absent
+    end: float | None
+    speaker: str | None = None
+    features: tuple[float, ...] | None = None  # LLDs averaged over [start, end]
+
+
+@dataclass(frozen=True)
+class Utterance:
+    clip_id: str
+    task_id: str
+    source: str
+    speaker: str | None
+    start: float | None
+    end: float | None
+    text: str
+    words: tuple[Word, ...]
+    words_source: str  # align | asr | text
+    feature_set: str  # name of the acoustic feature set, "none" when audio is absent
+    feature_dim: int
+    label: float | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def utterance_id(self) -> str:
+        return utterance_id(self.clip_id, self.start)
+
+    @property
+    def audio_present(self) -> bool:
+        return self.feature_dim > 0 and any(w.features is not None for w in self.words)
+
+    def to_row(self, run_id: str, created_at) -> dict:
+        """A dict matching ``schemas.UTTERANCES_SCHEMA``."""
+        return {
+            "utterance_id": self.utterance_id,
+            "task_id": self.task_id,
+            "clip_id": self.clip_id,
+            "source": self.source,
+            "speaker": self.speaker,
+            "start": self.start,
+            "end": self.end,
+            "text": self.text,
+            "label": self.label,
+            "words": [
+                {
+                    "word": w.word,
+                    "start": w.start,
+                    "end": w.end,
+                    "speaker": w.speaker,
+                    "features": None if w.features is None else list(w.features),
+                }
+                for w in self.words
+            ],
+            "words_source": self.words_source,
+            "audio_present": self.audio_present,
+            "feature_set": self.feature_set,
+            "feature_dim": self.feature_dim,
+            "extra": list(self.extra),
+            "run_id": run_id,
+            "created_at": created_at,
+        }
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A clip (or segment) that could not be processed, and why. The job goes on without it."""
+
+    task_id: str
+    clip_id: str
+    source: str
+    stage: str
+    reason: str
+
+    def to_row(self, run_id: str, created_at) -> dict:
+        return {
+            "task_id": self.task_id,
+            "clip_id": self.clip_id,
+            "source": self.source,
+            "stage": self.stage,
+            "reason": self.reason,
+            "run_id": run_id,
+            "created_at": created_at,
+        }
+
+
+@dataclass
+class StageError(Exception):
+    """Raised by a pure stage function for bad input; the wrapper turns it into a Reject row."""
+
+    stage: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.reason}"
+
+

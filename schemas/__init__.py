@@ -1,0 +1,116 @@
+"""Declared Arrow schemas: the one truth about every table the jobs write.
+
+Each schema carries its name and version in its metadata. Writers cast to these schemas
+(``cmbert.storage.conform``) and fail naming the column on a mismatch; nothing is inferred.
+Bump a version when a column changes meaning or type; readers check the major version.
+"""
+
+import pyarrow as pa
+
+
+def _versioned(name: str, version: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={"cmbert.schema": name, "cmbert.schema_version": version})
+
+
+UTC_TIME = pa.timestamp("us", tz="UTC")
+
+# One aligned word. Times are seconds from clip start; null for text-only rows (no audio).
+# `features` is the word's acoustic vector (LLDs averaged over its span); null when audio is absent.
+WORD_TYPE = pa.struct(
+    [
+        pa.field("word", pa.string(), nullable=False),
+        pa.field("start", pa.float64()),
+        pa.field("end", pa.float64()),
+        pa.field("speaker", pa.string()),
+        pa.field("features", pa.list_(pa.float32())),
+    ]
+)
+
+UTTERANCES_SCHEMA = _versioned(
+    "utterances",
+    "1",
+    [
+        pa.field("utterance_id", pa.string(), nullable=False),  # clip_id + start in ms: stable across reruns
+        pa.field("task_id", pa.string(), nullable=False),  # unit of incremental work (clip or manifest segment)
+        pa.field("clip_id", pa.string(), nullable=False),  # content hash of the clip (or of the text)
+        pa.field("source", pa.string(), nullable=False),  # path relative to --input, or "manifest:ROW"
+        pa.field("speaker", pa.string()),
+        pa.field("start", pa.float64()),
+        pa.field("end", pa.float64()),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("label", pa.float64()),
+        pa.field("words", pa.list_(WORD_TYPE), nullable=False),
+        pa.field("words_source", pa.string(), nullable=False),  # align | asr | text
+        pa.field("audio_present", pa.bool_(), nullable=False),
+        pa.field("feature_set", pa.string(), nullable=False),  # e.g. egemaps_v02_lld, or "none"
+        pa.field("feature_dim", pa.int32(), nullable=False),
+        pa.field("extra", pa.map_(pa.string(), pa.string())),  # other manifest columns, carried through as text
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", UTC_TIME, nullable=False),
+    ],
+)
+
+REJECTS_SCHEMA = _versioned(
+    "rejects",
+    "1",
+    [
+        pa.field("task_id", pa.string(), nullable=False),
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),  # manifest | read | decode | vad | diarize | words | features
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", UTC_TIME, nullable=False),
+    ],
+)
+
+SCORES_SCHEMA = _versioned(
+    "scores",
+    "1",
+    [
+        pa.field("utterance_id", pa.string(), nullable=False),
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("speaker", pa.string()),
+        pa.field("start", pa.float64()),
+        pa.field("end", pa.float64()),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),  # in [-3, 3]
+        pa.field("polarity", pa.string(), nullable=False),  # positive (score >= 0) | negative
+        pa.field("label7", pa.int8(), nullable=False),  # round(clip(score, -3, 3)) in -3..3
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("scored_at", UTC_TIME, nullable=False),
+        pa.field("score_date", pa.string(), nullable=False),  # YYYY-MM-DD, the partition key
+    ],
+)
+
+RUNS_SCHEMA = _versioned(
+    "runs",
+    "1",
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("job", pa.string(), nullable=False),  # preprocess | train | score
+        pa.field("status", pa.string(), nullable=False),  # succeeded | failed
+        pa.field("started_at", UTC_TIME, nullable=False),
+        pa.field("finished_at", UTC_TIME, nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("input", pa.string(), nullable=False),
+        pa.field("output", pa.string(), nullable=False),
+        pa.field("n_input", pa.int64(), nullable=False),
+        pa.field("n_output", pa.int64(), nullable=False),
+        pa.field("n_rejected", pa.int64(), nullable=False),
+        pa.field("n_skipped", pa.int64(), nullable=False),  # already done by an earlier run
+        pa.field("audio_seconds", pa.float64(), nullable=False),
+        pa.field("model_version", pa.string()),
+        pa.field("code_version", pa.string(), nullable=False),
+        pa.field("config_json", pa.string(), nullable=False),  # resolved job config; never credentials
+    ],
+)
+
+ALL_SCHEMAS = {
+    "utterances": UTTERANCES_SCHEMA,
+    "rejects": REJECTS_SCHEMA,
+    "scores": SCORES_SCHEMA,
+    "runs": RUNS_SCHEMA,
+}
