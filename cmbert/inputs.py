@@ -1,0 +1,161 @@
+"""What a preprocess run works on: media files under an input root and/or rows of a manifest.
+
+Runs on the driver. Produces plain task dicts (one per clip or manifest segment) for Ray Data, plus
+rejects for rows that are wrong before any audio is touched (missing file, path outside the root,
+label that is not a number). A malformed manifest (unreadable, no usable columns) is an error before any work.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+
+import polars as pl
+import pyarrow.fs as pafs
+
+from cmbert.manifest import Reject, source_id, task_id, text_id
+from cmbert.storage import StorageError, explain, locate
+
+MEDIA_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".m4a", ".wav", ".flac", ".mp3", ".ogg", ".opus", ".aac")
+LABEL_RANGE = (-3.0, 3.0)
+RESERVED_COLUMNS = ("file", "start", "end")
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used at all (raised before any work starts)."""
+
+
+def read_manifest(uri: str) -> pl.DataFrame:
+    """CSV, TSV or Parquet, local or S3. Every column is read as text; parsing happens per row."""
+    loc = locate(uri)
+    try:
+        with loc.fs.open_input_file(loc.path) as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {uri} does not exist") from None
+    except OSError as exc:
+        raise explain(exc, uri, "read manifest") from None
+    try:
+        if uri.lower().endswith(".parquet"):
+            import io
+
+            df = pl.read_parquet(io.BytesIO(data))
+            return df.with_columns(pl.all().cast(pl.String))
+        sep = "\t" if uri.lower().endswith((".tsv", ".tab")) else ","
+        return pl.read_csv(data, separator=sep, infer_schema=False, quote_char='"')
+    except Exception as exc:  # polars raises several exception types for malformed files
+        raise ManifestError(f"manifest {uri} is malformed: {str(exc).splitlines()[0]}") from None
+
+
+def list_media(input_uri: str) -> list[str]:
+    """Media files under the input root, as paths relative to it, sorted."""
+    loc = locate(input_uri)
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+    except FileNotFoundError:
+        raise ManifestError(f"input {input_uri} does not exist") from None
+    except OSError as exc:
+        raise explain(exc, input_uri, "list") from None
+    rel = [posixpath.relpath(i.path, loc.path) for i in infos if i.type == pafs.FileType.File]
+    return sorted(p for p in rel if p.lower().endswith(MEDIA_EXTENSIONS) and not _hidden(p))
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith((".", "_")) for part in rel.split("/"))
+
+
+def safe_relative(path: str) -> str | None:
+    """The normalised relative path, or None when it would escape the input root."""
+    if not path or path.startswith(("/", "\\")) or "://" in path:
+        return None
+    norm = posixpath.normpath(path.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../") or norm == ".":
+        return None
+    return norm
+
+
+def parse_label(value: str | None) -> tuple[float | None, str | None]:
+    """(label, None) or (None, reason). Empty and NaN mean 'no label'."""
+    if value is None or str(value).strip() == "":
+        return None, None
+    try:
+        label = float(value)
+    except ValueError:
+        return None, f"label {value!r} is not a number"
+    if math.isnan(label):
+        return None, None
+    if not LABEL_RANGE[0] <= label <= LABEL_RANGE[1]:
+        return None, f"label {label} is outside [{LABEL_RANGE[0]}, {LABEL_RANGE[1]}]"
+    return label, None
+
+
+def parse_seconds(value: str | None, name: str) -> tuple[float | None, str | None]:
+    if value is None or str(value).strip() == "":
+        return None, None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None, f"{name} {value!r} is not a number of seconds"
+    if math.isnan(seconds) or seconds < 0:
+        return None, f"{name} {value!r} is not a valid time"
+    return seconds, None
+
+
+def build_tasks(
+    input_uri: str | None,
+    manifest: pl.DataFrame | None,
+    text_column: str = "text",
+    label_column: str = "label",
+) -> tuple[list[dict], list[Reject]]:
+    """Tasks for Ray Data (plain dicts) and the rejects found before any audio is read."""
+    if manifest is None:
+        if input_uri is None:
+            raise ManifestError("give --input (a folder or S3 prefix of media) and/or --manifest")
+        return [media_task(rel) for rel in list_media(input_uri)], []
+    columns = manifest.columns
+    has_file = "file" in columns
+    if has_file and input_uri is None:
+        raise ManifestError("the manifest has a 'file' column, so --input (the folder it is relative to) is required")
+    if not has_file and text_column not in columns:
+        raise ManifestError(f"the manifest has neither a 'file' column nor a {text_column!r} column")
+    carried = [c for c in columns if c not in (*RESERVED_COLUMNS, text_column, label_column)]
+    tasks, rejects = [], []
+    for i, row in enumerate(manifest.iter_rows(named=True)):
+        text = row.get(text_column)
+        text = text.strip() if isinstance(text, str) and text.strip() else None
+        extra = [(c, str(row[c])) for c in carried if row[c] is not None]
+        file = row.get("file") if has_file else None
+        source = f"manifest:{i + 1}" if not file else file
+        label, bad_label = parse_label(row.get(label_column))
+        start, bad_start = parse_seconds(row.get("start"), "start")
+        end, bad_end = parse_seconds(row.get("end"), "end")
+        problem = bad_label or bad_start or bad_end
+        if not problem and start is not None and end is not None and end <= start:
+            problem = f"segment end {end} is not after start {start}"
+        if not file:
+            if text is None:
+                problem = problem or "row has neither a file nor a transcript"
+            clip = text_id(text) if text else source_id(source)
+            if problem:
+                rejects.append(Reject(clip, clip, source, "manifest", problem))
+            else:
+                tasks.append({"kind": "text", "source": source, "text": text, "label": label, "start": None,
+                              "end": None, "extra": extra})
+            continue
+        rel = safe_relative(str(file))
+        if rel is None:
+            problem = problem or f"path {file!r} is outside the input root"
+        if problem:
+            sid = source_id(str(file))
+            rejects.append(Reject(task_id(sid, start, end), sid, str(file), "manifest", problem))
+            continue
+        tasks.append({"kind": "media", "source": rel, "text": text, "label": label, "start": start, "end": end,
+                      "extra": extra})
+    return tasks, rejects
+
+
+def media_task(rel: str) -> dict:
+    return {"kind": "media", "source": rel, "text": None, "label": None, "start": None, "end": None, "extra": []}
+
+
+__all__ = ["ManifestError", "StorageError", "build_tasks", "list_media", "read_manifest"]

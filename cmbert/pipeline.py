@@ -1,0 +1,152 @@
+"""One clip from bytes to utterances: the pure composition of the audio stages (no Ray, no I/O).
+
+decode -> speech activity -> diarization -> words (forced alignment or ASR) -> speakers per word
+-> utterances -> word-level acoustic features. Model objects are passed in (loaded once per actor by
+``cmbert.stages``); bad input raises ``StageError`` naming the stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cmbert.audio.decode import SAMPLE_RATE, decode_audio
+from cmbert.audio.diarize import DiarizeParams, Turn, assign_speakers, diarize, diarize_pyannote, diarize_single
+from cmbert.audio.features import word_features
+from cmbert.audio.utterances import SplitParams, split_utterances
+from cmbert.audio.vad import VadParams, detect_speech
+from cmbert.audio.words import WordParams, align_words, transcribe
+from cmbert.manifest import Clip, StageError, Utterance, Word
+
+DIARIZERS = ("auto", "none", "pyannote")
+WORD_MODES = ("auto", "align", "asr")
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    diarizer: str = "auto"  # auto: VAD + d-vectors + clustering; none: one speaker; pyannote: its pipeline
+    words: str = "auto"  # auto: align when a transcript is known, else ASR
+    max_clip_seconds: float = 3 * 3600.0
+    num_speakers: int | None = None
+    vad: VadParams = field(default_factory=VadParams)
+    diarize: DiarizeParams = field(default_factory=DiarizeParams)
+    word: WordParams = field(default_factory=WordParams)
+    split: SplitParams = field(default_factory=SplitParams)
+
+
+@dataclass
+class ClipModels:
+    """Everything a worker loads once. Unused members stay None (e.g. no ASR when all clips have text)."""
+
+    vad: object
+    features: object  # has .name, .dim
+    speaker_encoder: object | None = None
+    aligner: object | None = None
+    asr: object | None = None
+    pyannote: object | None = None
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    utterances: list[Utterance]
+    audio_seconds: float
+
+
+def words_mode(clip: Clip, params: ClipParams) -> str:
+    if params.words == "auto":
+        return "align" if clip.text else "asr"
+    if params.words == "align" and not clip.text:
+        raise StageError("words", "--words align needs a transcript, and this clip has none")
+    return params.words
+
+
+def process_clip(data: bytes, clip: Clip, models: ClipModels, params: ClipParams) -> ClipResult:
+    """All utterances of one clip (or manifest segment). Times are seconds from the clip's start."""
+    audio = decode_audio(data, max_seconds=params.max_clip_seconds, start=clip.start, end=clip.end)
+    offset = clip.start or 0.0
+    seconds = len(audio) / SAMPLE_RATE
+    speech = detect_speech(audio, models.vad, params.vad)
+    turns = speaker_turns(audio, speech, models, params)
+
+    mode = words_mode(clip, params)
+    if mode == "align":
+        words = align_words(audio, clip.text, models.aligner, params.word)
+    else:
+        words = transcribe(audio, models.asr, params.word)
+    if not words:
+        raise StageError("words", "no words found in the speech")
+    words = assign_speakers(words, turns)
+
+    segment = clip.start is not None or clip.end is not None
+    groups = [words] if segment else split_utterances(words, turns, params.split)
+    vectors = word_features(audio, words, models.features)
+    feats = {id(w): tuple(float(x) for x in v) for w, v in zip(words, vectors)}
+
+    utterances = []
+    for group in groups:
+        if not group:
+            continue
+        timed = tuple(
+            Word(w.word, w.start + offset, w.end + offset, w.speaker, feats.get(id(w))) for w in group
+        )
+        utterances.append(
+            Utterance(
+                clip_id=clip.clip_id,
+                task_id=clip.task_id,
+                source=clip.source,
+                speaker=majority_speaker(group),
+                start=(clip.start if segment else timed[0].start),
+                end=(clip.end if segment and clip.end is not None else timed[-1].end),
+                text=clip.text if (segment or len(groups) == 1) and clip.text else " ".join(w.word for w in group),
+                words=timed,
+                words_source=mode,
+                feature_set=models.features.name,
+                feature_dim=models.features.dim,
+                label=clip.label,
+                extra=clip.extra,
+            )
+        )
+    return ClipResult(utterances, seconds)
+
+
+def speaker_turns(audio: np.ndarray, speech, models: ClipModels, params: ClipParams) -> list[Turn]:
+    if params.diarizer == "none":
+        return diarize_single(speech)
+    if params.diarizer == "pyannote":
+        return diarize_pyannote(audio, models.pyannote)
+    dparams = params.diarize
+    if params.num_speakers is not None:
+        from dataclasses import replace
+
+        dparams = replace(dparams, num_speakers=params.num_speakers)
+    return diarize(audio, speech, models.speaker_encoder, dparams)
+
+
+def majority_speaker(words) -> str | None:
+    """The speaker who says the most of an utterance (by time)."""
+    spoken: dict[str, float] = {}
+    for w in words:
+        if w.speaker is not None:
+            spoken[w.speaker] = spoken.get(w.speaker, 0.0) + max(w.end - w.start, 1e-3)
+    return max(spoken, key=spoken.get) if spoken else None
+
+
+def text_utterance(clip: Clip) -> Utterance:
+    """A manifest row without audio: words without times, audio features absent."""
+    words = tuple(Word(token, None, None) for token in clip.text.split())
+    return Utterance(
+        clip_id=clip.clip_id,
+        task_id=clip.task_id,
+        source=clip.source,
+        speaker=None,
+        start=None,
+        end=None,
+        text=clip.text,
+        words=words,
+        words_source="text",
+        feature_set="none",
+        feature_dim=0,
+        label=clip.label,
+        extra=clip.extra,
+    )

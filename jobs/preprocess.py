@@ -1,0 +1,206 @@
+"""Preprocess: raw clips (and/or manifest rows) -> utterances with speakers, timed words, word features.
+
+    python jobs/preprocess.py [--input DIR_OR_S3_PREFIX] --output DIR_OR_S3_URI [--manifest FILE] ...
+
+Writes OUTPUT/utterances/, OUTPUT/rejects/ and OUTPUT/runs/ (Parquet, schemas in schemas/). Reruns skip
+work already done (by content-hash task id), so they add no duplicates and pick up only new clips.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+try:
+    import cmbert  # noqa: F401
+except ImportError:  # run from a Ray working dir without the package installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pyarrow as pa
+
+from cmbert import storage
+from cmbert.cli import parse_config
+from cmbert.inputs import ManifestError, build_tasks, read_manifest
+from cmbert.manifest import Reject
+from cmbert.pipeline import DIARIZERS, WORD_MODES, ClipParams
+from cmbert.runinfo import code_version, config_json, new_run_id, utc_now
+from schemas import REJECTS_SCHEMA, RUNS_SCHEMA, UTTERANCES_SCHEMA
+
+
+@dataclass
+class PreprocessConfig:
+    """Clips -> utterances with speakers, timed words and word-level audio features."""
+
+    output: str = field(metadata={"help": "output folder or s3:// URI"})
+    input: str | None = field(default=None, metadata={"help": "folder or s3:// prefix of media files"})
+    manifest: str | None = field(default=None, metadata={"help": "CSV/TSV/Parquet: file, text, label, start, end, ..."})
+    text_column: str = field(default="text", metadata={"help": "manifest column with the transcript"})
+    label_column: str = field(default="label", metadata={"help": "manifest column with the label"})
+    diarizer: str = field(default="auto", metadata={"choices": DIARIZERS, "help": "speaker diarization backend"})
+    diarizer_model: str | None = field(default=None, metadata={"help": "pyannote pipeline path or hub id"})
+    num_speakers: int | None = field(default=None, metadata={"help": "fix the speaker count (default: automatic)"})
+    words: str = field(default="auto", metadata={"choices": WORD_MODES, "help": "align a known transcript, or ASR"})
+    asr_model: str | None = field(default=None, metadata={"help": "faster-whisper size or path (default: bundled tiny.en)"})
+    features: str = field(default="egemaps", metadata={"choices": ("egemaps", "compare", "mfcc"),
+                                                       "help": "word-level acoustic features"})
+    max_clip_seconds: float = field(default=3 * 3600.0, metadata={"help": "longer clips are rejected"})
+    actors: int | None = field(default=None, metadata={"help": "clip workers (default: one per CPU / GPU)"})
+    gpu: bool = field(default=False, metadata={"help": "give each worker a GPU (ASR, speaker embeddings)"})
+    flush_rows: int = field(default=2000, metadata={"help": "utterances per published Parquet file"})
+
+
+@dataclass
+class Tally:
+    tasks: int = 0
+    done: int = 0
+    utterances: int = 0
+    rejects: int = 0
+    skipped: int = 0
+    audio_seconds: float = 0.0
+    last_print: float = 0.0
+
+    def line(self) -> str:
+        return (f"[preprocess] clips {self.done}/{self.tasks}  utterances {self.utterances}  "
+                f"rejects {self.rejects}  skipped {self.skipped}  audio {self.audio_seconds / 3600:.3f} h")
+
+
+class Publisher:
+    """Buffers complete tasks' rows and publishes them as Parquet files (each file: whole tasks only)."""
+
+    def __init__(self, cfg: PreprocessConfig, metadata: dict):
+        self.cfg = cfg
+        self.metadata = metadata
+        self.utterances: list[pa.RecordBatch] = []
+        self.rejects: list[pa.RecordBatch] = []
+        self.pending = 0
+
+    def add(self, utterances: pa.RecordBatch | None, rejects: pa.RecordBatch | None) -> None:
+        if utterances is not None and utterances.num_rows:
+            self.utterances.append(utterances)
+            self.pending += utterances.num_rows
+        if rejects is not None and rejects.num_rows:
+            self.rejects.append(rejects)
+        if self.pending >= self.cfg.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.utterances:
+            table = pa.Table.from_batches(self.utterances)
+            storage.write_table(table, f"{self.cfg.output}/utterances", UTTERANCES_SCHEMA, metadata=self.metadata)
+        if self.rejects:
+            table = pa.Table.from_batches(self.rejects)
+            storage.write_table(table, f"{self.cfg.output}/rejects", REJECTS_SCHEMA, metadata=self.metadata)
+        self.utterances, self.rejects, self.pending = [], [], 0
+
+
+def done_tasks(output: str) -> frozenset[str]:
+    """Task ids an earlier run finished: those with utterances or with a reject row."""
+    done = storage.distinct_values(f"{output}/utterances", "task_id", UTTERANCES_SCHEMA)
+    done |= storage.distinct_values(f"{output}/rejects", "task_id", REJECTS_SCHEMA)
+    return frozenset(done)
+
+
+def run(cfg: PreprocessConfig) -> Tally:
+    import ray
+
+    from cmbert.raysetup import cluster_cpus, init_ray
+    from cmbert.stages import ClipStage, ModelChoice, tasks_for_ray
+
+    run_id = new_run_id("preprocess")
+    started = utc_now()
+    manifest = read_manifest(cfg.manifest) if cfg.manifest else None
+    tasks, early = build_tasks(cfg.input, manifest, cfg.text_column, cfg.label_column)
+    done = done_tasks(cfg.output)
+    metadata = {"cmbert.run_id": run_id, "cmbert.code_version": code_version(), "cmbert.config": config_json(cfg)}
+    publisher = Publisher(cfg, metadata)
+    tally = Tally(tasks=len(tasks) + len(early))
+
+    early_new = [r for r in dict((r.task_id, r) for r in early).values() if r.task_id not in done]
+    tally.skipped += len(early) - len(early_new)
+    tally.rejects += len(early_new)
+    tally.done += len(early)
+    if early_new:
+        rows = [r.to_row(run_id, started) for r in early_new]
+        publisher.add(None, pa.RecordBatch.from_pylist(rows, schema=REJECTS_SCHEMA))
+
+    if tasks:
+        init_ray()
+        params = ClipParams(diarizer=cfg.diarizer, words=cfg.words, max_clip_seconds=cfg.max_clip_seconds,
+                            num_speakers=cfg.num_speakers)
+        choice = ModelChoice(features=cfg.features, asr_model=cfg.asr_model, diarizer_model=cfg.diarizer_model,
+                             device="cuda" if cfg.gpu else "cpu")
+        actors = cfg.actors or max(1, int(cluster_cpus()))
+        resources = {"num_gpus": 1} if cfg.gpu else {"num_cpus": 0.5}  # fractional: 2 actors on 2 CPUs, no deadlock
+        ds = ray.data.from_items(tasks_for_ray(tasks), override_num_blocks=min(len(tasks), 200))
+        results = ds.map_batches(
+            ClipStage,
+            fn_constructor_kwargs={"input_uri": cfg.input, "params": params, "models": choice, "done": done,
+                                   "run_id": run_id, "created_at": started},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            **resources,
+        )
+        owned: set[str] = set()
+        for block in results.iter_batches(batch_format="pyarrow", batch_size=None):
+            collect(block, owned, publisher, tally)
+            now = time.monotonic()
+            if now - tally.last_print > 5:
+                print(tally.line(), flush=True)
+                tally.last_print = now
+    publisher.flush()
+    write_run_row(cfg, run_id, started, tally)
+    return tally
+
+
+def collect(block: pa.Table, owned: set[str], publisher: Publisher, tally: Tally) -> None:
+    """Split one result block into utterances and rejects. A task id already taken in this run (duplicate
+    manifest row, or two files with the same bytes) is dropped, so no run writes a task twice."""
+    kinds = block.column("kind").to_pylist()
+    task_ids = block.column("task_id").to_pylist()
+    fresh = {t for t, k in zip(task_ids, kinds) if k != "skipped"} - owned
+    keep_utt, keep_rej = [], []
+    for i, (kind, tid) in enumerate(zip(kinds, task_ids)):
+        if kind == "skipped" or tid not in fresh:
+            continue
+        (keep_utt if kind == "utterance" else keep_rej).append(i)
+    counted = {t for t in task_ids}
+    tally.done += len(counted)
+    tally.skipped += len(counted - fresh)
+    tally.rejects += len({task_ids[i] for i in keep_rej})
+    tally.utterances += len(keep_utt)
+    tally.audio_seconds += sum(block.column("audio_seconds").take(keep_utt).to_pylist() or [0.0])
+    owned |= fresh
+    utt = pa.RecordBatch.from_struct_array(block.column("utterance").take(keep_utt).combine_chunks()) if keep_utt else None
+    rej = pa.RecordBatch.from_struct_array(block.column("reject").take(keep_rej).combine_chunks()) if keep_rej else None
+    publisher.add(utt, rej)
+
+
+def write_run_row(cfg: PreprocessConfig, run_id: str, started, tally: Tally) -> None:
+    finished = utc_now()
+    row = {
+        "run_id": run_id, "job": "preprocess", "status": "succeeded", "started_at": started, "finished_at": finished,
+        "duration_s": (finished - started).total_seconds(), "input": cfg.input or cfg.manifest or "",
+        "output": cfg.output, "n_input": tally.tasks, "n_output": tally.utterances, "n_rejected": tally.rejects,
+        "n_skipped": tally.skipped, "audio_seconds": tally.audio_seconds, "model_version": None,
+        "code_version": code_version(), "config_json": config_json(cfg),
+    }
+    storage.write_table(pa.Table.from_pylist([row], schema=RUNS_SCHEMA), f"{cfg.output}/runs", RUNS_SCHEMA)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(PreprocessConfig, argv)
+    try:
+        tally = run(cfg)
+    except (ManifestError, storage.StorageError, storage.SchemaMismatchError) as exc:
+        print(f"preprocess: error: {exc}", file=sys.stderr)
+        return 2
+    print(tally.line())
+    print(f"[preprocess] utterances: {cfg.output}/utterances  rejects: {cfg.output}/rejects  runs: {cfg.output}/runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
