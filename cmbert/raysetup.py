@@ -22,3 +22,16 @@ def cluster_cpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+           "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+
+
+def worker_runtime_env() -> dict:
+    """The driver's AWS settings for the workers it starts (a cluster's raylets may not have them).
+
+    Only variables that are set are forwarded; on a cluster with instance roles none are needed.
+    """
+    env = {k: os.environ[k] for k in AWS_ENV if os.environ.get(k)}
+    return {"env_vars": env} if env else {}

@@ -93,10 +93,10 @@ class ClipStage:
 
     def run_task(self, task: dict) -> list[dict]:
         clip = self.make_clip(task)
+        if clip.task_id in self.done:  # done earlier: finished, or rejected (an unreadable file included)
+            return [{"kind": "skipped", "task_id": clip.task_id}]
         if isinstance(clip, Reject):
             return [self.reject_row(clip)]
-        if clip.task_id in self.done:
-            return [{"kind": "skipped", "task_id": clip.task_id}]
         try:
             if task["kind"] == "text":
                 utterances, seconds = [text_utterance(clip)], 0.0

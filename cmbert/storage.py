@@ -14,17 +14,24 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 STAGING_DIR = "_staging"
-SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
+# A metadata key is dropped when one of its words (split on non-letters and camelCase) names a credential.
+SECRET_KEY_RE = re.compile(
+    r"(^|_)(secret|secrets|password|passwd|token|tokens|credential|credentials|api_?key|access_?key|private_?key"
+    r"|auth|authorization|signature)(_|$)"
+)
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
 class StorageError(RuntimeError):
@@ -123,19 +130,43 @@ def explain(exc: BaseException, uri: str, action: str) -> StorageError:
     """Turn a pyarrow/AWS error into one line a user can act on. Credentials never appear."""
     text = str(exc)
     low = text.lower()
+    squashed = re.sub(r"[\s_\-]", "", low)  # ACCESS_DENIED, Access Denied, AccessDenied -> accessdenied
     where = f"{action} {uri}"
     if is_s3(uri):
-        endpoint = s3_endpoint() or "the default AWS endpoint"
+        endpoint = _safe_endpoint()
         if any(s in low for s in ("couldn't connect", "could not connect", "connection refused", "curlcode: 7",
-                                  "network_connection", "timed out", "resolve host", "curlcode: 28")):
-            return StorageError(f"cannot {where}: S3 endpoint {endpoint} is unreachable")
-        if any(s in low for s in ("access denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch",
-                                  "forbidden", "403", "invalid access key")):
-            return StorageError(f"cannot {where}: access denied by {endpoint}; check the AWS credentials")
-        if "nosuchbucket" in low or "bucket does not exist" in low:
-            return StorageError(f"cannot {where}: bucket does not exist at {endpoint}")
+                                  "network_connection", "timed out", "resolve host", "curlcode: 28",
+                                  "curlcode: 6")):
+            return StorageError(_redact(f"cannot {where}: S3 endpoint {endpoint} is unreachable"))
+        denied = ("accessdenied", "invalidaccesskey", "signaturedoesnotmatch", "forbidden", "invalidtoken",
+                  "expiredtoken")
+        if any(s in squashed for s in denied) or re.search(r"\b403\b", low):
+            return StorageError(_redact(f"cannot {where}: access denied by S3 endpoint {endpoint}; "
+                                        "check the AWS credentials"))
+        if "nosuchbucket" in squashed or "bucket does not exist" in low or re.search(r"bucket '[^']*' not found", low):
+            return StorageError(_redact(f"cannot {where}: bucket does not exist at S3 endpoint {endpoint}"))
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return StorageError(f"cannot {where}: {first[:300]}")
+    return StorageError(_redact(f"cannot {where}: {first[:300]}"))
+
+
+def _safe_endpoint() -> str:
+    """The S3 endpoint for messages, without any user:password@ part."""
+    endpoint = s3_endpoint()
+    if not endpoint:
+        return "(default AWS endpoint)"
+    parsed = urlparse(endpoint)
+    if parsed.username or parsed.password:
+        return endpoint.replace(parsed.netloc, parsed.hostname + (f":{parsed.port}" if parsed.port else ""))
+    return endpoint
+
+
+def _redact(text: str) -> str:
+    """Remove credential values from a message and keep it on one line."""
+    for var in SECRET_ENV:
+        value = os.environ.get(var)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return " ".join(text.split())
 
 
 # ---------------------------------------------------------------- schemas
@@ -144,10 +175,16 @@ def explain(exc: BaseException, uri: str, action: str) -> StorageError:
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Cast ``table`` to ``schema``: same columns (missing nullable ones filled with nulls), declared types.
 
-    Raises SchemaMismatchError naming the first column that is missing, extra, or cannot be cast.
+    Only lossless casts of the same kind are made (int -> wider int or float, string -> large_string,
+    timestamp unit/zone, nested types field by field); a number is never turned into text or back.
+    Raises SchemaMismatchError naming the first column that is missing, extra, duplicated, of another kind,
+    or null where the schema (at any depth) forbids it.
     """
-    names = set(table.column_names)
-    extra = sorted(names - set(schema.names))
+    names = table.column_names
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SchemaMismatchError(f"column {dupes[0]!r} appears more than once")
+    extra = sorted(set(names) - set(schema.names))
     if extra:
         raise SchemaMismatchError(f"column {extra[0]!r} is not in schema {schema_name(schema)}")
     columns = []
@@ -155,20 +192,110 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         if f.name not in names:
             if not f.nullable:
                 raise SchemaMismatchError(f"column {f.name!r} is missing (required by schema {schema_name(schema)})")
-            columns.append(pa.nulls(table.num_rows, f.type))
+            columns.append(pa.chunked_array([pa.nulls(table.num_rows, f.type)], type=f.type))
             continue
         col = table.column(f.name)
-        try:
-            col = col.cast(f.type) if col.type != f.type else col
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        problem = _incompatible(col.type, f.type, f.name)
+        if problem is None and col.type != f.type:
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                problem = (f.name, str(exc).splitlines()[0])
+        if problem is not None:
+            where, why = problem
             raise SchemaMismatchError(
-                f"column {f.name!r} has type {table.schema.field(f.name).type}, schema {schema_name(schema)} "
-                f"wants {f.type}: {str(exc).splitlines()[0]}"
-            ) from None
+                f"column {where!r} has type {table.schema.field(f.name).type}, schema {schema_name(schema)} "
+                f"wants {f.type}: {why}"
+            )
         if not f.nullable and col.null_count:
             raise SchemaMismatchError(f"column {f.name!r} has {col.null_count} nulls but is not nullable")
+        for chunk in col.chunks:
+            where = _nested_nulls(chunk, f.type, f.name)
+            if where:
+                raise SchemaMismatchError(f"column {where!r} has nulls but is not nullable")
         columns.append(col)
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_null(t):
+        return "null"
+    if pa.types.is_dictionary(t):
+        return _kind(t.value_type)
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string"
+    if pa.types.is_timestamp(t):
+        return "timestamp"
+    if pa.types.is_map(t):  # before list: a map is a list of key/item structs to pyarrow
+        return "map"
+    if (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+            or pa.types.is_list_view(t) or pa.types.is_large_list_view(t)):
+        return "list"
+    if pa.types.is_struct(t):
+        return "struct"
+    return str(t)
+
+
+def _incompatible(src: pa.DataType, dst: pa.DataType, where: str) -> tuple[str, str] | None:
+    """(column path, reason) when ``src`` may not be cast to ``dst``; None when it may."""
+    if src == dst:
+        return None
+    a, b = _kind(src), _kind(dst)
+    if a == "null":
+        return None
+    if pa.types.is_dictionary(src):
+        src = src.value_type
+    if a != b and not (a == "int" and b == "float"):
+        return where, f"a {a} cannot become a {b}"
+    if a == "list":
+        return _incompatible(src.value_type, dst.value_type, f"{where}[]")
+    if a == "map":
+        return (_incompatible(src.key_type, dst.key_type, f"{where}.key")
+                or _incompatible(src.item_type, dst.item_type, f"{where}.value"))
+    if a == "struct":
+        wanted = {dst.field(i).name: dst.field(i) for i in range(dst.num_fields)}
+        for i in range(src.num_fields):
+            sf = src.field(i)
+            if sf.name not in wanted:
+                return f"{where}.{sf.name}", "field is not in the schema"
+            problem = _incompatible(sf.type, wanted[sf.name].type, f"{where}.{sf.name}")
+            if problem:
+                return problem
+    return None
+
+
+def _nested_nulls(arr: pa.Array, t: pa.DataType, where: str) -> str | None:
+    """Path of the first non-nullable field inside a list/struct/map that holds a null, else None."""
+    if arr.null_count == len(arr) and len(arr):
+        return None  # all null at this level: nothing below to check
+    if pa.types.is_struct(t):
+        valid = arr.is_valid()
+        for i in range(t.num_fields):
+            f = t.field(i)
+            child = arr.field(i)
+            if not f.nullable and pc.any(pc.and_(valid, child.is_null())).as_py():
+                return f"{where}.{f.name}"
+            found = _nested_nulls(child.filter(valid), f.type, f"{where}.{f.name}")
+            if found:
+                return found
+    elif pa.types.is_map(t):
+        start, stop = arr.offsets[0].as_py(), arr.offsets[-1].as_py()
+        items = arr.items.slice(start, stop - start)  # .items ignores a slice of the map array
+        if not t.item_field.nullable and items.null_count:
+            return f"{where}.value"
+        return _nested_nulls(items, t.item_type, f"{where}.value")
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        values = arr.flatten()
+        if not t.value_field.nullable and values.null_count:
+            return f"{where}[]"
+        return _nested_nulls(values, t.value_type, f"{where}[]")
+    return None
 
 
 def schema_name(schema: pa.Schema) -> str:
@@ -178,14 +305,46 @@ def schema_name(schema: pa.Schema) -> str:
     return f"{name} v{version}"
 
 
+def is_secret_key(key: str) -> bool:
+    """Whether a metadata key names a credential (``aws_secret_access_key``, ``hfToken``; not ``tokenizer``)."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key))
+    words = re.sub(r"[^a-zA-Z0-9]+", "_", words).lower().strip("_")
+    return bool(SECRET_KEY_RE.search(words))
+
+
+def _scrub(value):
+    """A copy of a JSON-like value with credential-named keys removed at any depth."""
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if not is_secret_key(k)}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return value
+
+
 def safe_metadata(metadata: dict | None) -> dict[str, str]:
-    """File metadata with anything that looks like a credential removed."""
+    """File metadata with anything that looks like a credential removed.
+
+    Keys naming a credential are dropped at any depth of a nested value, and so is any entry whose text
+    contains the current AWS secret key, session token or access key id.
+    """
+    live = [v for v in (os.environ.get(var) for var in SECRET_ENV) if v and len(v) >= 4]
     out = {}
     for key, value in (metadata or {}).items():
-        if any(w in key.lower() for w in SECRET_WORDS):
+        if is_secret_key(key):
             continue
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-        out[key] = text
+        if isinstance(value, str):
+            text = value
+            try:  # a JSON document (e.g. a resolved config) is scrubbed inside as well
+                parsed = json.loads(value)
+                if isinstance(parsed, (dict, list)):
+                    text = json.dumps(_scrub(parsed), sort_keys=True, default=str)
+            except ValueError:
+                pass
+        else:
+            text = json.dumps(_scrub(value), sort_keys=True, default=str)
+        if any(secret in text for secret in live):
+            continue
+        out[str(key)] = text
     return out
 
 
@@ -203,32 +362,54 @@ def write_table(
 ) -> str:
     """Write one Parquet file of complete records into dataset ``uri``; returns its final path.
 
-    ``partition`` puts the file under hive-style ``key=value`` folders. The file is staged first and then
-    moved into place, so a failure leaves nothing visible.
+    ``partition`` puts the file under hive-style ``key=value`` folders (values percent-encoded, as
+    pyarrow and Polars decode them). The file is staged first and then moved into place, so a failure
+    leaves nothing visible; the staging folder is removed whether the write succeeds or not.
     """
     table = conform(table, schema)
     meta = dict(table.schema.metadata or {})
     meta.update({k.encode(): v.encode() for k, v in safe_metadata(metadata).items()})
     table = table.replace_schema_metadata(meta)
-    dest = locate(uri)
-    sub = [f"{k}={v}" for k, v in (partition or {}).items()]
+    sub = [partition_segment(k, v) for k, v in (partition or {}).items()]
     fname = (name or f"part-{uuid.uuid4().hex}") + ".parquet"
+    if "/" in fname or fname.startswith((".", "_")):
+        raise StorageError(f"bad file name {fname!r}: no '/', and no leading '.' or '_' (readers skip those)")
+    dest = locate(uri)
     staging = staging_location(dest, uuid.uuid4().hex)
     staged = staging.join(fname)
     try:
-        dest.fs.create_dir(staging.path, recursive=True)
-        pq.write_table(table, staged.path, filesystem=dest.fs, compression="zstd")
-    except OSError as exc:
-        raise explain(exc, uri, "write") from None
-    final = dest.join(*sub, fname)
-    publish_file(dest.fs, staged.path, final.path, uri)
-    remove_quietly(dest.fs, staging.path)
+        try:
+            if not dest.is_s3:  # S3 has no folders; pyarrow would write empty marker objects
+                dest.fs.create_dir(staging.path, recursive=True)
+            pq.write_table(table, staged.path, filesystem=dest.fs, compression="zstd")
+        except OSError as exc:
+            raise explain(exc, uri, "write") from None
+        final = dest.join(*sub, fname)
+        publish_file(dest.fs, staged.path, final.path, uri)
+    finally:
+        remove_quietly(dest.fs, staging.path)
     return final.uri
 
 
+def partition_segment(key: str, value) -> str:
+    """One hive-style ``key=value`` folder name; the value is percent-encoded so '/' cannot nest folders."""
+    key = str(key)
+    if not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise StorageError(f"bad partition key {key!r}: letters, digits and '_' only")
+    text = str(value)
+    if text == "":
+        raise StorageError(f"partition {key!r} has an empty value")
+    return f"{key}={quote(text, safe='')}"
+
+
 def staging_location(dest: Location, run: str) -> Location:
-    """A staging folder beside the dataset (not inside it, so dataset globs never see it)."""
+    """A staging folder beside the dataset (not inside it, so dataset globs never see it).
+
+    A dataset at the root of a bucket stages inside it, under ``_staging/`` (which pyarrow skips).
+    """
     parent, leaf = posixpath.split(dest.path.rstrip("/"))
+    if dest.is_s3 and not parent:  # s3://bucket: the parent would be the list of buckets
+        return dest.join(STAGING_DIR, f"{leaf}-{run}")
     path = posixpath.join(parent, STAGING_DIR, f"{leaf}-{run}")
     uri_parent = dest.uri.rstrip("/").rsplit("/", 1)[0]
     return Location(dest.fs, path, f"{uri_parent}/{STAGING_DIR}/{leaf}-{run}")
@@ -237,7 +418,8 @@ def staging_location(dest: Location, run: str) -> Location:
 def publish_file(fs: pafs.FileSystem, src: str, dst: str, uri: str) -> None:
     """Move a staged file into the dataset. On S3 a move is copy+delete: the copy is the atomic step."""
     try:
-        fs.create_dir(posixpath.dirname(dst), recursive=True)
+        if not isinstance(fs, pafs.S3FileSystem):
+            fs.create_dir(posixpath.dirname(dst), recursive=True)
         fs.move(src, dst)
     except OSError as exc:
         raise explain(exc, uri, "publish to") from None
@@ -245,6 +427,10 @@ def publish_file(fs: pafs.FileSystem, src: str, dst: str, uri: str) -> None:
 
 def publish_dir(staging_uri: str, final_uri: str) -> list[str]:
     """Move every file under a staging folder (e.g. one Ray Data wrote) into the final dataset."""
+    if is_s3(staging_uri) != is_s3(final_uri) or (is_s3(final_uri) and
+                                                 urlparse(staging_uri).netloc != urlparse(final_uri).netloc):
+        raise StorageError(f"cannot publish {staging_uri} to {final_uri}: staging must be in the same bucket "
+                           "or on the same filesystem (use new_staging_uri)")
     src = locate(staging_uri)
     dst = locate(final_uri)
     try:
@@ -276,8 +462,7 @@ def remove_quietly(fs: pafs.FileSystem, path: str) -> None:
 # ---------------------------------------------------------------- reading
 
 
-def dataset_exists(uri: str) -> bool:
-    loc = locate(uri)
+def _exists(loc: Location, uri: str) -> bool:
     try:
         info = loc.fs.get_file_info(loc.path)
     except OSError as exc:
@@ -285,25 +470,37 @@ def dataset_exists(uri: str) -> bool:
     return info.type != pafs.FileType.NotFound
 
 
+def dataset_exists(uri: str) -> bool:
+    return _exists(locate(uri), uri)
+
+
 def read_table(uri: str, schema: pa.Schema | None = None, columns: list[str] | None = None,
                filter=None) -> pa.Table:
-    """Read a dataset (hive partitions understood). A missing dataset is an empty table of ``schema``."""
+    """Read a dataset (hive partitions understood). A missing dataset is an empty table of ``schema``.
+
+    With ``schema``, files are read as that schema (columns an older file lacks come back null) and
+    hive partition keys that are not schema columns are added at the end as strings.
+    """
     loc = locate(uri)
     try:
-        if not dataset_exists(uri):
+        if not _exists(loc, uri):
             if schema is None:
                 raise StorageError(f"cannot read {uri}: no such dataset")
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty
-        ds = pads.dataset(loc.path, filesystem=loc.fs, format="parquet", partitioning="hive",
-                          schema=_with_partitions(schema, loc) if schema is not None else None)
+        ds = pads.dataset(loc.path, filesystem=loc.fs, format="parquet", partitioning="hive")
+        if schema is not None:
+            keys = ds.partitioning.schema.names if ds.partitioning is not None else []
+            part = pa.schema([schema.field(k) if k in schema.names else pa.field(k, pa.string()) for k in keys])
+            full = pa.schema(list(schema) + [f for f in part if f.name not in schema.names],
+                             metadata=schema.metadata)
+            ds = pads.dataset(ds.files, filesystem=loc.fs, format="parquet", schema=full,
+                              partitioning=pads.HivePartitioning(part), partition_base_dir=loc.path)
         return ds.to_table(columns=columns, filter=filter)
     except OSError as exc:
         raise explain(exc, uri, "read") from None
-
-
-def _with_partitions(schema: pa.Schema, loc: Location) -> pa.Schema:
-    return schema
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise StorageError(_redact(f"cannot read {uri}: {str(exc).strip().splitlines()[0][:300]}")) from None
 
 
 def distinct_values(uri: str, column: str, schema: pa.Schema) -> set[str]:

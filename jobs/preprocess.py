@@ -23,7 +23,6 @@ import pyarrow as pa
 from cmbert import storage
 from cmbert.cli import parse_config
 from cmbert.inputs import ManifestError, build_tasks, read_manifest
-from cmbert.manifest import Reject
 from cmbert.pipeline import DIARIZERS, WORD_MODES, ClipParams
 from cmbert.runinfo import code_version, config_json, new_run_id, utc_now
 from schemas import REJECTS_SCHEMA, RUNS_SCHEMA, UTTERANCES_SCHEMA
@@ -105,7 +104,7 @@ def done_tasks(output: str) -> frozenset[str]:
 def run(cfg: PreprocessConfig) -> Tally:
     import ray
 
-    from cmbert.raysetup import cluster_cpus, init_ray
+    from cmbert.raysetup import cluster_cpus, init_ray, worker_runtime_env
     from cmbert.stages import ClipStage, ModelChoice, tasks_for_ray
 
     run_id = new_run_id("preprocess")
@@ -133,6 +132,9 @@ def run(cfg: PreprocessConfig) -> Tally:
                              device="cuda" if cfg.gpu else "cpu")
         actors = cfg.actors or max(1, int(cluster_cpus()))
         resources = {"num_gpus": 1} if cfg.gpu else {"num_cpus": 0.5}  # fractional: 2 actors on 2 CPUs, no deadlock
+        if worker_runtime_env():
+            resources["runtime_env"] = worker_runtime_env()
+        ray.data.DataContext.get_current().enable_progress_bars = False  # we print our own progress line
         ds = ray.data.from_items(tasks_for_ray(tasks), override_num_blocks=min(len(tasks), 200))
         results = ds.map_batches(
             ClipStage,
@@ -171,11 +173,17 @@ def collect(block: pa.Table, owned: set[str], publisher: Publisher, tally: Tally
     tally.skipped += len(counted - fresh)
     tally.rejects += len({task_ids[i] for i in keep_rej})
     tally.utterances += len(keep_utt)
-    tally.audio_seconds += sum(block.column("audio_seconds").take(keep_utt).to_pylist() or [0.0])
+    tally.audio_seconds += sum(block.column("audio_seconds").take(pa.array(keep_utt, pa.int64())).to_pylist())
     owned |= fresh
-    utt = pa.RecordBatch.from_struct_array(block.column("utterance").take(keep_utt).combine_chunks()) if keep_utt else None
-    rej = pa.RecordBatch.from_struct_array(block.column("reject").take(keep_rej).combine_chunks()) if keep_rej else None
+    utt = struct_rows(block, "utterance", keep_utt)
+    rej = struct_rows(block, "reject", keep_rej)
     publisher.add(utt, rej)
+
+
+def struct_rows(block: pa.Table, column: str, rows: list[int]) -> pa.RecordBatch | None:
+    if not rows:
+        return None
+    return pa.RecordBatch.from_struct_array(block.column(column).take(pa.array(rows, pa.int64())).combine_chunks())
 
 
 def write_run_row(cfg: PreprocessConfig, run_id: str, started, tally: Tally) -> None:

@@ -1,0 +1,145 @@
+"""Training throughput (samples/s) and model FLOPs utilisation (MFU): a plain single-process loop vs Ray Train DDP.
+
+    python bench/bench_train.py [--encoder minilm] [--rows 240] [--steps 10] [--words 12] [--skip-ray]
+
+Synthetic utterances (``--words`` words each, 25-d word audio) through CM-BERT (paper mode), batch 24.
+MFU = analytic training FLOPs per sample (3x the forward matmuls: encoder, attention, fusion, head)
+x samples/s / the fp32 matmul peak in ../shared/STACK.md (167 GFLOP/s on 2 threads). The Ray Train figure
+is the epoch's rows/s from inside train_func (collate included, start-up excluded); fit_s is the whole fit().
+Writes bench/results/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from common import PEAK_FLOPS, REPO, summary, write_result  # noqa: E402
+
+sys.path.insert(0, str(REPO / "jobs"))
+
+AUDIO_DIM = 25
+VOCAB = ("the movie was really not very good bad great awful acting plot funny boring i liked it hated loved "
+         "story characters ending music director so kind of").split()
+
+
+def synthetic_rows(n: int, words: int, seed: int = 0) -> list[dict]:
+    from cmbert.manifest import Utterance, Word, text_id
+
+    rng = random.Random(seed)
+    now = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    rows = []
+    for i in range(n):
+        ws = [rng.choice(VOCAB) for _ in range(words)]
+        feats = [tuple(rng.gauss(0, 1) for _ in range(AUDIO_DIM)) for _ in ws]
+        cid = text_id(f"bench-{seed}-{i}")
+        u = Utterance(cid, cid, f"bench/{i}.wav", "S0", 0.0, 0.3 * words, " ".join(ws),
+                      tuple(Word(w, 0.3 * j, 0.3 * j + 0.25, "S0", f) for j, (w, f) in enumerate(zip(ws, feats))),
+                      "align", "bench", AUDIO_DIM, rng.uniform(-3, 3))
+        rows.append(u.to_row("bench", now))
+    return rows
+
+
+def train_flops_per_sample(model, tokens: float) -> float:
+    """3 x forward matmul FLOPs for one utterance of ``tokens`` word-pieces (backward ~ 2 x forward)."""
+    enc = model.encoder.config
+    h, inter, layers, t = enc.hidden_size, enc.intermediate_size, enc.num_hidden_layers, tokens
+    per_layer = 2 * t * (4 * h * h + 2 * h * inter) + 2 * 2 * t * t * h  # projections + FFN; QK^T and AV
+    fwd = layers * per_layer + 2 * h
+    if model.fusion is not None:
+        d, da = model.config.proj_dim, model.config.audio_dim
+        fwd += 2 * t * (h * d + da * d) + 2 * 2 * t * t * d + 2 * t * t * h + 2 * t * h * h
+    return 3.0 * fwd
+
+
+def plain_loop(encoder: str, rows: list[dict], steps: int, batch: int, threads: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from cmbert.collate import collate, token_lengths
+    from cmbert.model import CMBertConfig, build_model, load_tokenizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = CMBertConfig(encoder=encoder, audio_dim=AUDIO_DIM)
+    model, tok = build_model(cfg), load_tokenizer(cfg)
+    groups = model.param_groups()
+    opt = torch.optim.Adam([{"params": groups["encoder"] + groups["head"], "lr": 2e-5},
+                            {"params": groups["fusion"], "lr": 0.01}])
+    model.train()
+    times = []
+    for step in range(steps + 2):  # two warm-up steps
+        b = collate(rows[(step * batch) % len(rows):][:batch], tok, 50, AUDIO_DIM)
+        t0 = time.perf_counter()
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], audio=b["audio"])
+        loss = F.mse_loss(out.score, b["labels"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step >= 2:
+            times.append(time.perf_counter() - t0)
+    tokens = sum(token_lengths(rows, tok, 50)) / len(rows)
+    flops = train_flops_per_sample(model, tokens)
+    sps = batch / (sum(times) / len(times))
+    return {"samples_per_s": sps, "step_s": summary(times), "tokens_per_sample": tokens,
+            "train_gflop_per_sample": flops / 1e9, "mfu_fp32": flops * sps / PEAK_FLOPS["fp32"],
+            "threads": threads, "note": "model step only (collate excluded)"}
+
+
+def ray_train(encoder: str, rows: list[dict], workers: int, threads: int, flops: float) -> dict:
+    import pyarrow as pa
+
+    import train
+    from cmbert.storage import write_table
+    from schemas import UTTERANCES_SCHEMA
+
+    tmp = tempfile.mkdtemp(prefix="cmbert-bench-")
+    try:
+        write_table(pa.Table.from_pylist(rows, schema=UTTERANCES_SCHEMA), f"{tmp}/train", UTTERANCES_SCHEMA)
+        write_table(pa.Table.from_pylist(rows[:24], schema=UTTERANCES_SCHEMA), f"{tmp}/dev", UTTERANCES_SCHEMA)
+        t0 = time.perf_counter()
+        s = train.main(["--train", f"{tmp}/train", "--dev", f"{tmp}/dev", "--output", f"{tmp}/out", "--encoder",
+                        encoder, "--epochs", "1", "--workers", str(workers), "--threads-per-worker", str(threads)])
+        fit_s = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sps = s["seeds"][0]["train_rows_per_s"]
+    return {"samples_per_s": sps, "fit_s": fit_s, "workers": workers, "threads_per_worker": threads,
+            "mfu_fp32": flops * sps / PEAK_FLOPS["fp32"], "note": "epoch rows/s inside train_func, collate included"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--encoder", default="minilm")
+    ap.add_argument("--rows", type=int, default=240)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--words", type=int, default=12)
+    ap.add_argument("--skip-ray", action="store_true")
+    args = ap.parse_args()
+    rows = synthetic_rows(args.rows, args.words)
+    figures = {"plain_2_threads": plain_loop(args.encoder, rows, args.steps, 24, 2)}
+    flops = figures["plain_2_threads"]["train_gflop_per_sample"] * 1e9
+    if not args.skip_ray:
+        figures["ray_ddp_1_worker_2_threads"] = ray_train(args.encoder, rows, 1, 2, flops)
+        figures["ray_ddp_2_workers_1_thread"] = ray_train(args.encoder, rows, 2, 1, flops)
+        base = figures["plain_2_threads"]["samples_per_s"]
+        for k in ("ray_ddp_1_worker_2_threads", "ray_ddp_2_workers_1_thread"):
+            figures[k]["vs_plain"] = figures[k]["samples_per_s"] / base
+    write_result("train", figures | {"config": vars(args)},
+                 notes="CPU shared with other users when measured; compare ratios from the same run only.")
+    for k, v in figures.items():
+        if isinstance(v, dict) and "samples_per_s" in v:
+            print(f"{k}: {v['samples_per_s']:.1f} samples/s, MFU {100 * v['mfu_fp32']:.1f}%")
+
+
+if __name__ == "__main__":
+    main()

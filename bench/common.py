@@ -1,0 +1,74 @@
+"""What every benchmark records: machine, versions, git sha, the command, and figures over repeats.
+
+Timings are never asserted in tests; benchmarks write JSON to bench/results/<name>.json and the README quotes
+them with the command that made them. Comparisons are ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+SHARED_DATA = REPO.parent / "shared" / "data"
+# Measured matmul peak with torch on this machine's 2 threads (../shared/STACK.md): the MFU denominator.
+PEAK_FLOPS = {"fp32": 167e9, "bf16": 406e9}
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def machine_info() -> dict:
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    for pkg in ("ray", "transformers", "pyarrow", "polars", "opensmile", "faster_whisper", "pocketsphinx"):
+        try:
+            info[pkg] = __import__(pkg).__version__
+        except Exception:  # optional: a benchmark may not need every package
+            pass
+    return info
+
+
+def summary(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+@contextmanager
+def timer(out: list):
+    t0 = time.perf_counter()
+    yield
+    out.append(time.perf_counter() - t0)
+
+
+def write_result(name: str, figures: dict, notes: str = "") -> Path:
+    from cmbert.runinfo import code_version
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "name": name,
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "git": code_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "figures": figures,
+        "notes": notes,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    print(f"[bench] wrote {path}")
+    return path

@@ -1,0 +1,66 @@
+"""Voice activity detection with Silero VAD v6 (TorchScript model bundled in the ``silero-vad`` wheel)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cmbert.audio._threads import torch_threads
+from cmbert.audio.decode import SAMPLE_RATE
+from cmbert.manifest import StageError
+
+
+@dataclass(frozen=True)
+class VadParams:
+    threshold: float = 0.5  # speech probability per 32 ms window
+    min_speech_seconds: float = 0.25  # shorter bursts are dropped
+    min_silence_seconds: float = 0.3  # shorter pauses do not split a region
+    speech_pad_seconds: float = 0.05  # added to both ends of each region
+    min_total_speech_seconds: float = 0.3  # less than this in the whole clip counts as no speech
+    torch_threads: int | None = 1  # intra-op threads during the call (None: the process setting)
+
+
+def load_vad():
+    """The Silero VAD TorchScript model, from the package's own files (no download).
+
+    Importing ``silero_vad`` calls ``torch.set_num_threads(1)`` as a side effect; the caller's thread
+    count is restored here so other torch stages in the same process keep theirs.
+    """
+    threads = torch.get_num_threads()
+    try:
+        from silero_vad import load_silero_vad
+    finally:
+        torch.set_num_threads(threads)
+    return load_silero_vad(onnx=False)
+
+
+def detect_speech(audio: np.ndarray, model, params: VadParams = VadParams()) -> list[tuple[float, float]]:
+    """Speech regions as (start, end) seconds, sorted and disjoint.
+
+    Raises StageError("vad", "no speech found") for silence, noise or too little speech.
+    """
+    from silero_vad import get_speech_timestamps
+
+    if audio.ndim != 1:
+        raise StageError("vad", f"expected mono audio, got shape {audio.shape}")
+    if audio.size < SAMPLE_RATE // 10:
+        raise StageError("vad", "no speech found (audio shorter than 0.1 s)")
+    wav = torch.tensor(audio, dtype=torch.float32)  # a copy: the caller's array may be read-only
+    with torch.inference_mode(), torch_threads(params.torch_threads):
+        stamps = get_speech_timestamps(
+            wav,
+            model,
+            threshold=params.threshold,
+            sampling_rate=SAMPLE_RATE,
+            min_speech_duration_ms=int(params.min_speech_seconds * 1000),
+            min_silence_duration_ms=int(params.min_silence_seconds * 1000),
+            speech_pad_ms=int(params.speech_pad_seconds * 1000),
+        )
+    model.reset_states()  # the TorchScript model keeps RNN state between calls
+    regions = [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
+    total = sum(e - s for s, e in regions)
+    if total < params.min_total_speech_seconds:
+        raise StageError("vad", f"no speech found ({total:.2f}s of speech-like audio)")
+    return regions

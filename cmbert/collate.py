@@ -1,0 +1,143 @@
+"""Utterance rows -> model tensors; batching rows for inference; reading labelled utterance datasets.
+
+A row is a dict as ``schemas.UTTERANCES_SCHEMA`` gives it (``table.to_pylist()``): ``text``, ``words`` (a list of
+``{word, features, ...}``) and ``label``. Each word's audio vector is spread over its word-pieces; [CLS], [SEP],
+padding and words without features (text-only rows) get zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from cmbert.storage import read_table
+
+COLUMNS = ("utterance_id", "text", "words", "label", "feature_set", "feature_dim", "audio_present", "start", "end")
+
+
+def row_words(row: dict) -> list[str]:
+    """The words of a row; a row without aligned words falls back to its whitespace-split text."""
+    words = [w["word"] for w in (row.get("words") or [])]
+    return words if words else (row.get("text") or "").split()
+
+
+def _label(value) -> float:
+    if value is None:
+        return math.nan
+    value = float(value)
+    return value if math.isfinite(value) else math.nan
+
+
+def collate(rows: list[dict], tokenizer, max_len: int, audio_dim: int) -> dict[str, torch.Tensor]:
+    """Tokenize the rows' words (truncated to ``max_len`` word-pieces) and align their audio.
+
+    Returns input_ids (B, T) int64, attention_mask (B, T) int64, audio (B, T, audio_dim) float32 and
+    labels (B,) float32 with NaN where a row has no label. T is the longest row in the batch (<= max_len).
+    """
+    batch_words = [row_words(r) or [tokenizer.unk_token] for r in rows]
+    enc = tokenizer(batch_words, is_split_into_words=True, truncation=True, max_length=max_len,
+                    padding="longest", return_tensors="pt")
+    input_ids = enc["input_ids"]  # (B, T)
+    audio = np.zeros((len(rows), input_ids.shape[1], audio_dim), dtype=np.float32)  # (B, T, Da)
+    for i, row in enumerate(rows):
+        vectors = _word_vectors(row, audio_dim)
+        if vectors is None:
+            continue
+        word_ids = np.array([-1 if w is None else w for w in enc.word_ids(i)])  # (T,)
+        pieces = word_ids >= 0
+        audio[i, pieces] = vectors[word_ids[pieces]]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": enc["attention_mask"],
+        "audio": torch.from_numpy(audio),
+        "labels": torch.tensor([_label(r.get("label")) for r in rows], dtype=torch.float32),
+    }
+
+
+def _word_vectors(row: dict, audio_dim: int) -> np.ndarray | None:
+    """(n_words, audio_dim) float32 with zero rows for words without features; None when no word has any."""
+    words = row.get("words") or []
+    if not any(w.get("features") is not None for w in words):
+        return None
+    out = np.zeros((len(words), audio_dim), dtype=np.float32)
+    for j, w in enumerate(words):
+        f = w.get("features")
+        if f is None:
+            continue
+        f = np.asarray(f, dtype=np.float32)
+        if f.shape != (audio_dim,):
+            raise ValueError(f"word {j} ({w.get('word')!r}) has {f.size} audio features, the model expects "
+                             f"{audio_dim}: the utterances were made with another feature set")
+        out[j] = np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
+    return out
+
+
+def token_lengths(rows: Sequence[dict], tokenizer, max_len: int) -> list[int]:
+    enc = tokenizer([row_words(r) or [tokenizer.unk_token] for r in rows], is_split_into_words=True,
+                    truncation=True, max_length=max_len)
+    return [len(ids) for ids in enc["input_ids"]]
+
+
+def length_buckets(rows: Sequence[dict], tokenizer, max_len: int, batch_size: int) -> list[list[int]]:
+    """Batches of row indices sorted by token length, so a batch pads little. Callers restore the order."""
+    lengths = token_lengths(rows, tokenizer, max_len)
+    order = sorted(range(len(rows)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def predict_rows(model, tokenizer, rows: Sequence[dict], max_len: int, audio_dim: int, batch_size: int = 64,
+                 device: str | torch.device = "cpu", keep_attention: Iterable[int] = ()) -> tuple[np.ndarray, dict]:
+    """Scores for ``rows`` in their order (length-bucketed batches), eval mode.
+
+    ``keep_attention``: row indices whose (alpha_t, beta_a, w_m, input_ids) to return, cropped to real tokens.
+    """
+    model.eval()
+    keep = set(keep_attention)
+    scores = np.zeros(len(rows), dtype=np.float32)
+    attention: dict[int, dict] = {}
+    for idx in length_buckets(rows, tokenizer, max_len, batch_size):
+        batch = collate([rows[i] for i in idx], tokenizer, max_len, audio_dim)
+        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                    audio=batch["audio"].to(device))
+        scores[idx] = out.score.float().cpu().numpy()
+        for k, i in enumerate(idx):
+            if i in keep and out.w_m is not None:
+                n = int(batch["attention_mask"][k].sum())
+                attention[i] = {"input_ids": batch["input_ids"][k, :n].tolist(),
+                                "alpha_t": out.alpha_t[k, :n, :n].float().cpu().numpy(),
+                                "beta_a": out.beta_a[k, :n, :n].float().cpu().numpy(),
+                                "w_m": out.w_m[k, :n, :n].float().cpu().numpy()}
+    return scores, attention
+
+
+def read_utterances(uri: str, label_column: str = "label") -> tuple[pa.Table, int]:
+    """An utterance dataset's columns that training and evaluation need, ``label`` taken from ``label_column``
+    (a column, or a key of the ``extra`` map); rows without a finite label are dropped (their count returned)."""
+    table = read_table(uri)
+    if label_column != "label":
+        if label_column in table.column_names:
+            label = pc.cast(table.column(label_column), pa.float64())
+        elif "extra" in table.column_names:  # a manifest column carried through as text
+            values = [dict(m or {}).get(label_column) for m in table.column("extra").to_pylist()]
+            label = pa.array([_parse_float(v) for v in values], pa.float64())
+        else:
+            raise ValueError(f"{uri} has no column {label_column!r}")
+        table = table.set_column(table.column_names.index("label"), "label", label)
+    table = table.select([c for c in COLUMNS if c in table.column_names])
+    labelled = pc.and_(pc.is_valid(table.column("label")), pc.invert(pc.is_nan(pc.fill_null(table.column("label"), 0.0))))
+    kept = table.filter(labelled)
+    return kept, table.num_rows - kept.num_rows
+
+
+def _parse_float(value):
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None

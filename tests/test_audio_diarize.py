@@ -1,0 +1,148 @@
+"""diarize (GE2E d-vectors + agglomerative clustering), diarize_single, assign_speakers, pyannote hooks."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from audio_corpus import clip
+from cmbert.audio.decode import SAMPLE_RATE
+from cmbert.audio.diarize import (
+    DiarizeParams,
+    Turn,
+    _absorb_short,
+    assign_speakers,
+    diarize,
+    diarize_single,
+    load_pyannote,
+    load_speaker_encoder,
+)
+from cmbert.audio.vad import detect_speech, load_vad
+from cmbert.manifest import StageError, Word
+
+DER_COLLAR = 0.5  # pyannote.metrics' collar is the total width: +-0.25 s around each reference boundary
+DER_TARGET = 0.10
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_vad(), load_speaker_encoder()
+
+
+def check_turns(turns: list[Turn], duration: float) -> None:
+    assert turns == sorted(turns, key=lambda t: t.start)
+    assert all(0 <= t.start < t.end <= duration + 1e-6 for t in turns)
+    assert all(b.start >= a.end - 1e-6 for a, b in zip(turns, turns[1:]))
+    seen = []
+    for t in turns:
+        if t.speaker not in seen:
+            seen.append(t.speaker)
+    assert seen == [f"S{i}" for i in range(len(seen))]  # labelled by first appearance
+
+
+def test_two_voices_taking_turns(models):
+    vad, encoder = models
+    audio = clip("two_speakers.wav")
+    speech = detect_speech(audio, vad)
+    turns = diarize(audio, speech, encoder)
+    check_turns(turns, audio.size / SAMPLE_RATE)
+    # Male, female, male: each VAD region (one per turn) is mostly one speaker, alternating.
+    majority = []
+    for s, e in speech:
+        cover: dict[str, float] = {}
+        for t in turns:
+            cover[t.speaker] = cover.get(t.speaker, 0.0) + max(0.0, min(e, t.end) - max(s, t.start))
+        majority.append(max(cover, key=cover.get))
+    assert majority == ["S0", "S1", "S0"]
+
+
+@pytest.mark.parametrize("name", ["loved_it.mp4", "wonderful.m4a"])
+def test_one_voice_is_one_speaker(models, name):
+    vad, encoder = models
+    audio = clip(name)
+    speech = detect_speech(audio, vad)
+    turns = diarize(audio, speech, encoder)
+    check_turns(turns, audio.size / SAMPLE_RATE)
+    assert {t.speaker for t in turns} == {"S0"}
+    assert turns == diarize_single(speech)
+
+
+def test_num_speakers_fixes_the_count(models):
+    vad, encoder = models
+    audio = clip("two_speakers.wav")
+    speech = detect_speech(audio, vad)
+    assert {t.speaker for t in diarize(audio, speech, encoder, DiarizeParams(num_speakers=1))} == {"S0"}
+
+
+def test_no_usable_speech(models):
+    _, encoder = models
+    with pytest.raises(StageError, match="diarize"):
+        diarize(np.zeros(SAMPLE_RATE, np.float32), [(0.1, 0.15)], encoder)
+    with pytest.raises(StageError, match="diarize"):
+        diarize(np.zeros(SAMPLE_RATE, np.float32), [(0.0, 1.0)], encoder)  # digital silence
+
+
+def test_diarize_single():
+    assert diarize_single([(0.5, 1.0), (2.0, 2.0), (3.0, 4.5)]) == [Turn(0.5, 1.0, "S0"), Turn(3.0, 4.5, "S0")]
+
+
+def test_absorb_short_runs():
+    runs = [[0.0, 2.0, 0], [2.0, 2.2, 1], [2.2, 4.0, 0], [4.0, 6.0, 1]]
+    assert _absorb_short(runs, 0.4) == [[0.0, 4.0, 0], [4.0, 6.0, 1]]
+
+
+def test_assign_speakers_by_largest_overlap():
+    turns = [Turn(0.0, 1.0, "S0"), Turn(1.0, 2.0, "S1"), Turn(3.0, 4.0, "S0")]
+    words = [
+        Word("a", 0.2, 0.5),
+        Word("b", 0.8, 1.5),  # 0.2 s in S0, 0.5 s in S1
+        Word("c", 2.1, 2.3),  # in a gap: nearest turn edge is S1's end
+        Word("d", 2.8, 3.2),
+        Word("e", None, None),
+    ]
+    assert [w.speaker for w in assign_speakers(words, turns)] == ["S0", "S1", "S1", "S0", None]
+    assert assign_speakers(words, []) == words
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyannote.audio") is not None, reason="pyannote.audio is installed")
+def test_pyannote_missing_is_a_clear_error():
+    with pytest.raises(ImportError, match="pyannote.audio"):
+        load_pyannote("pyannote/speaker-diarization-community-1")
+
+
+def test_diarize_pyannote_with_a_stand_in_pipeline():
+    from pyannote.core import Annotation, Segment
+
+    from cmbert.audio.diarize import diarize_pyannote
+
+    def pipeline(file):
+        assert file["sample_rate"] == SAMPLE_RATE and file["waveform"].shape == (1, SAMPLE_RATE)
+        ann = Annotation()
+        ann[Segment(0.5, 0.9)] = "SPEAKER_01"
+        ann[Segment(0.0, 0.4)] = "SPEAKER_00"
+        return ann
+
+    turns = diarize_pyannote(np.zeros(SAMPLE_RATE, np.float32), pipeline)
+    assert turns == [Turn(0.0, 0.4, "S0"), Turn(0.5, 0.9, "S1")]
+
+
+@pytest.mark.realdata
+def test_der_on_real_call(models, shared_data):
+    import soundfile as sf
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    vad, encoder = models
+    audio, _ = sf.read(shared_data / "call-2spk" / "sample.wav", dtype="float32")
+    turns = diarize(audio, detect_speech(audio, vad), encoder)
+    ref, hyp = Annotation(), Annotation()
+    for f in map(str.split, open(shared_data / "call-2spk" / "sample.rttm")):
+        ref[Segment(float(f[3]), float(f[3]) + float(f[4]))] = f[7]
+    for t in turns:
+        hyp[Segment(t.start, t.end)] = t.speaker
+    assert len({t.speaker for t in turns}) == 2
+    uem = Timeline([Segment(0, audio.size / SAMPLE_RATE)])
+    der = DiarizationErrorRate(collar=DER_COLLAR)(ref, hyp, uem=uem)
+    assert der <= DER_TARGET, f"DER {der:.3f} (collar {DER_COLLAR})"

@@ -1,0 +1,75 @@
+"""word_features: LLD frames averaged per word, for each backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audio_corpus import clip
+from cmbert.audio.decode import SAMPLE_RATE
+from cmbert.audio.features import BACKENDS, load_features, word_features
+from cmbert.manifest import StageError, Word
+
+DIMS = {"egemaps": 25, "compare": 65, "mfcc": 16}
+NAMES = {"egemaps": "egemaps_v02_lld", "compare": "compare_2016_lld", "mfcc": "mfcc13_f0_energy_zcr"}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def extractor(request):
+    return request.param, load_features(request.param)
+
+
+def test_backend_shapes_and_names(extractor):
+    backend, ex = extractor
+    audio = clip("battery.ogg")
+    words = [Word("honestly", 0.4, 0.8), Word("the", 0.8, 0.85), Word("camera", 0.9, 1.25), Word("x", 4.0, 4.0)]
+    feats = word_features(audio, words, ex)
+    assert ex.name == NAMES[backend] and ex.dim == DIMS[backend]
+    assert len(feats) == len(words)
+    assert all(f.shape == (ex.dim,) and f.dtype == np.float32 and np.isfinite(f).all() for f in feats)
+    assert not np.allclose(feats[0], feats[2])  # different words, different frames
+
+
+def test_word_vector_is_the_mean_of_its_frames(extractor):
+    _, ex = extractor
+    audio = clip("battery.ogg")
+    times, values = ex.frames(audio)
+    assert times.shape[0] == values.shape[0] and values.shape[1] == ex.dim
+    assert np.all(np.diff(times) > 0) and abs(times[-1] - audio.size / SAMPLE_RATE) < 0.1
+    (f,) = word_features(audio, [Word("camera", 0.9, 1.25)], ex)
+    span = values[(times >= 0.9) & (times <= 1.25)]
+    np.testing.assert_allclose(f, np.nan_to_num(np.nanmean(span, axis=0)), rtol=1e-5, atol=1e-5)
+
+
+class _Frames:
+    """A stand-in extractor with known frames, including NaNs."""
+
+    name, dim = "fake", 2
+
+    def frames(self, audio):
+        times = np.array([0.005, 0.015, 0.025, 0.035])
+        values = np.array([[1.0, np.nan], [3.0, np.nan], [np.nan, np.nan], [5.0, np.inf]], np.float32)
+        return times, values
+
+
+def test_nan_safe_and_nearest_frame():
+    audio = np.zeros(800, np.float32)
+    feats = word_features(audio, [Word("a", 0.0, 0.02), Word("b", 0.021, 0.024), Word("c", 0.03, 0.04)], _Frames())
+    np.testing.assert_array_equal(feats[0], [2.0, 0.0])  # mean of 1 and 3; an all-NaN column -> 0
+    np.testing.assert_array_equal(feats[1], [0.0, 0.0])  # no frame centre inside: nearest frame (all NaN)
+    np.testing.assert_array_equal(feats[2], [5.0, 0.0])  # inf -> 0
+
+
+def test_errors():
+    ex = load_features("mfcc")
+    assert word_features(clip("battery.ogg"), [], ex) == []
+    with pytest.raises(StageError, match="features"):
+        word_features(clip("battery.ogg"), [Word("a", None, None)], ex)
+    with pytest.raises(ValueError, match="unknown feature backend"):
+        load_features("wav2vec")
+
+
+def test_tiny_audio_gives_finite_vectors(extractor):
+    _, ex = extractor
+    (f,) = word_features(np.zeros(160, np.float32), [Word("a", 0.0, 0.01)], ex)
+    assert f.shape == (ex.dim,) and np.isfinite(f).all()

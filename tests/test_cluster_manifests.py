@@ -1,0 +1,172 @@
+"""cluster/: the KubeRay manifests parse, name real jobs with options they accept, run as non-root, and the
+nightly scoring command is the same for the VM crontab, the Kubernetes CronJob and the RayJob."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cmbert.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+KUBERAY = CLUSTER / "kuberay"
+SCRIPT = CLUSTER / "nightly-score.sh"
+# The flags tests/test_score_job.py runs jobs/score.py with (locally and on S3); --gpu needs a GPU.
+LOCALLY_TESTED = {"--checkpoint", "--input", "--output", "--actors", "--batch-size", "--sort-window", "--score-date"}
+
+
+def load_job(name: str):
+    path = REPO / "jobs" / f"{name}.py"
+    assert path.is_file(), f"jobs/{name}.py does not exist"
+    spec = importlib.util.spec_from_file_location(f"manifest_job_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def job_parser(name: str):
+    module = load_job(name)
+    config = next(v for k, v in vars(module).items() if k.endswith("Config") and v.__module__ == module.__name__)
+    return build_parser(config), config
+
+
+def manifests() -> dict[str, list[dict]]:
+    return {p.name: list(yaml.safe_load_all(p.read_text())) for p in sorted(KUBERAY.glob("*.yaml"))}
+
+
+def pod_specs(node, where=""):
+    """Every pod spec (a mapping with ``containers``) inside a manifest, with where it is."""
+    if isinstance(node, dict):
+        if "containers" in node:
+            yield where, node
+        for k, v in node.items():
+            yield from pod_specs(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from pod_specs(v, f"{where}[{i}]")
+
+
+def script(*args: str, env: dict | None = None, path_prefix: str | None = None) -> str:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CMBERT_")} | (env or {})
+    if path_prefix:
+        full["PATH"] = path_prefix + os.pathsep + full["PATH"]
+    return subprocess.run(["bash", str(SCRIPT), *args], env=full, capture_output=True, text=True, check=True,
+                          timeout=30).stdout
+
+
+def nightly_command(env: dict | None = None) -> list[str]:
+    return script("print", env=env).splitlines()
+
+
+def test_manifests_parse_and_have_the_expected_kinds():
+    docs = manifests()
+    kinds = {name: [d["kind"] for d in ds] for name, ds in docs.items()}
+    assert "RayCluster" in kinds["raycluster.yaml"]
+    assert kinds["rayjob-train.yaml"] == ["RayJob"] and kinds["rayjob-score.yaml"] == ["RayJob"]
+    assert set(kinds["nightly-score-cronjob.yaml"]) == {"ServiceAccount", "Role", "RoleBinding", "CronJob"}
+
+
+def test_pods_run_as_non_root_without_privileges():
+    n = 0
+    for name, docs in manifests().items():
+        for doc in docs:
+            for where, spec in pod_specs(doc):
+                n += 1
+                ctx = spec.get("securityContext") or {}
+                assert ctx.get("runAsNonRoot") is True and ctx.get("runAsUser", 1000) != 0, f"{name}{where}"
+                for c in spec["containers"]:
+                    cctx = c.get("securityContext") or {}
+                    assert cctx.get("allowPrivilegeEscalation") is False, f"{name}{where} {c['name']}"
+                    assert cctx.get("privileged") is not True
+                    assert "ALL" in cctx.get("capabilities", {}).get("drop", []), f"{name}{where} {c['name']}"
+    assert n >= 7
+    cluster = next(d for d in manifests()["raycluster.yaml"] if d["kind"] == "RayCluster")
+    assert cluster["spec"]["autoscalerOptions"]["securityContext"]["runAsNonRoot"] is True
+    workers = cluster["spec"]["workerGroupSpecs"][0]
+    assert workers["template"]["spec"]["automountServiceAccountToken"] is False
+    assert workers["minReplicas"] == 0 and workers["maxReplicas"] > 1 and cluster["spec"]["enableInTreeAutoscaling"]
+
+
+def test_cronjob_role_is_least_privilege():
+    docs = {d["kind"]: d for d in manifests()["nightly-score-cronjob.yaml"]}
+    assert docs["Role"]["rules"] == [{"apiGroups": ["ray.io"], "resources": ["rayjobs"],
+                                      "verbs": ["create", "get", "list"]}]
+    assert docs["RoleBinding"]["subjects"][0]["name"] == docs["ServiceAccount"]["metadata"]["name"]
+    pod = docs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
+    assert docs["CronJob"]["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+def test_train_rayjob_names_a_real_job_and_accepted_options():
+    job = manifests()["rayjob-train.yaml"][0]
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:2] == ["python", "jobs/train.py"]
+    parser, config = job_parser("train")
+    cfg = config(**vars(parser.parse_args(argv[2:])))  # SystemExit on an unknown option
+    assert cfg.gpu and cfg.workers == 4 and cfg.output.startswith("s3://")
+    workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert workers["replicas"] >= cfg.workers
+
+
+def test_nightly_command_is_one_accepted_score_command():
+    argv = nightly_command()
+    assert argv[:2] == ["python", "jobs/score.py"]
+    parser, config = job_parser("score")
+    cfg = config(**vars(parser.parse_args(argv[2:])))
+    assert cfg.gpu and all(u.startswith("s3://") for u in (cfg.checkpoint, cfg.input, cfg.output))
+    # the same command, pointed at local folders and without a GPU, is what the local tests run
+    local = nightly_command({"CMBERT_CHECKPOINT": "/c", "CMBERT_UTTERANCES": "/u", "CMBERT_OUTPUT": "/o",
+                             "CMBERT_GPU": "0"})
+    flags = {a for a in local[2:] if a.startswith("--")}
+    assert flags <= LOCALLY_TESTED, flags - LOCALLY_TESTED
+    assert config(**vars(parser.parse_args(local[2:]))).checkpoint == "/c"
+
+
+def test_every_scheduler_calls_the_same_script(tmp_path):
+    # the VM crontab: one schedule line, calling the script's `submit` mode
+    lines = [ln for ln in (CLUSTER / "vm-crontab").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#") and "=" not in ln.split()[0]]
+    assert len(lines) == 1
+    fields = lines[0].split(None, 5)
+    assert len(fields) == 6 and "cluster/nightly-score.sh submit" in fields[5]
+    # the Kubernetes CronJob: the script's `rayjob` mode, which creates rayjob-score.yaml
+    cron = next(d for d in manifests()["nightly-score-cronjob.yaml"] if d["kind"] == "CronJob")
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["bash", "cluster/nightly-score.sh", "rayjob"]
+    assert cron["spec"]["schedule"] == " ".join(fields[:5])  # same time of night (both UTC)
+    # the RayJob it creates runs the script's `run` mode
+    rayjob = manifests()["rayjob-score.yaml"][0]
+    assert shlex.split(rayjob["spec"]["entrypoint"]) == ["bash", "cluster/nightly-score.sh", "run"]
+
+    # and the modes wrap the one command: stub `ray` and `kubectl` record what they are asked to do
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for tool in ("ray", "kubectl"):
+        (stubs / tool).write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" {tool} "$@"\n')
+        (stubs / tool).chmod(0o755)
+    command = nightly_command()
+    submit = script("submit", env={"RAY_ADDRESS": "http://head:8265"}, path_prefix=str(stubs)).splitlines()
+    assert submit == ["ray", "job", "submit", "--address", "http://head:8265", "--working-dir", ".", "--"] + command
+    created = script("rayjob", path_prefix=str(stubs)).splitlines()
+    assert created[:2] == ["kubectl", "create"] and created[-1] == str(KUBERAY / "rayjob-score.yaml")
+    assert subprocess.run(["bash", str(SCRIPT), "bogus"], capture_output=True).returncode == 2
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-train.yaml", "rayjob-score.yaml"])
+def test_ray_version_matches_the_pinned_ray(name):
+    import ray
+
+    for doc in manifests()[name]:
+        spec = doc.get("spec", {})
+        version = spec.get("rayVersion") or spec.get("rayClusterSpec", {}).get("rayVersion")
+        if doc["kind"] in ("RayCluster", "RayJob"):
+            assert version == ray.__version__

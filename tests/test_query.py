@@ -1,0 +1,97 @@
+"""cmbert.query on a small generated scores dataset laid out as jobs/score.py writes it (hive partitions)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cmbert import query, storage
+from cmbert.scoring import label7, polarity
+from schemas import SCORES_SCHEMA
+
+
+def score_row(uid: str, clip: str, speaker: str | None, score: float, version: str, day: str) -> dict:
+    return {"utterance_id": uid, "clip_id": clip, "speaker": speaker, "start": 1.0, "end": 3.0, "text": f"text {uid}",
+            "score": score, "polarity": polarity(score), "label7": label7(score), "model_id": "cmbert-tiny",
+            "model_version": version, "run_id": f"score-{day}",
+            "scored_at": dt.datetime.fromisoformat(day).replace(hour=2, tzinfo=dt.timezone.utc), "score_date": day}
+
+
+def write_scores(root: str, rows: list[dict]) -> None:
+    table = storage.conform(pa.Table.from_pylist(rows), SCORES_SCHEMA)
+    for (day, version) in sorted({(r["score_date"], r["model_version"]) for r in rows}):
+        part = table.filter((pa.compute.field("score_date") == day) & (pa.compute.field("model_version") == version))
+        folder = os.path.join(root, storage.partition_segment("score_date", day),
+                              storage.partition_segment("model_version", version))
+        os.makedirs(folder, exist_ok=True)
+        pq.write_table(part.drop_columns(["score_date", "model_version"]), os.path.join(folder, "part-0.parquet"))
+
+
+@pytest.fixture
+def scores_dir(tmp_path) -> str:
+    rows = [
+        score_row("a1", "clipA", "S0", 2.0, "v1", "2024-05-01"),
+        score_row("a2", "clipA", "S1", -1.0, "v1", "2024-05-01"),
+        score_row("b1", "clipB", "S0", -2.5, "v1", "2024-05-02"),
+        score_row("b2", "clipB", None, -0.5, "v1", "2024-05-02"),
+        score_row("c1", "clipC", "S0", 0.0, "v1", "2024-05-03"),
+        # an older model version scored some of the same utterances earlier
+        score_row("a1", "clipA", "S0", -3.0, "v0/old", "2024-04-01"),
+        score_row("b1", "clipB", "S0", 3.0, "v0/old", "2024-04-01"),
+    ]
+    root = str(tmp_path / "scores")
+    write_scores(root, rows)
+    return root
+
+
+def test_scan_reads_partitions(scores_dir):
+    lf = query.scan_scores(scores_dir)
+    assert lf.collect_schema()["score_date"] == pl.Date
+    df = lf.collect()
+    assert df.height == 7
+    assert set(df["model_version"]) == {"v1", "v0/old"}  # '/' survived the percent-encoded folder name
+    assert query.latest_version(lf) == "v1"
+
+
+def test_per_clip_and_per_speaker(scores_dir):
+    mine = query.one_version(query.scan_scores(scores_dir))
+    clips = query.mean_per_clip(mine).collect()
+    assert clips["clip_id"].to_list() == ["clipB", "clipC", "clipA"]
+    assert clips["mean_score"].to_list() == pytest.approx([-1.5, 0.0, 0.5])
+    assert clips["share_negative"].to_list() == pytest.approx([1.0, 0.0, 0.5])
+    speakers = query.mean_per_speaker(mine).collect()
+    assert speakers.height == 5  # (clip, speaker) pairs, a null speaker kept
+    assert speakers.row(0, named=True)["clip_id"] == "clipB" and speakers["mean_score"][0] == pytest.approx(-2.5)
+    old = query.mean_per_clip(query.one_version(query.scan_scores(scores_dir), "v0/old")).collect()
+    assert old["mean_score"].to_list() == pytest.approx([-3.0, 3.0])
+
+
+def test_most_negative_trend_distribution(scores_dir):
+    lf = query.scan_scores(scores_dir)
+    neg = query.most_negative(query.one_version(lf), limit=2).collect()
+    assert neg["utterance_id"].to_list() == ["b1", "a2"]
+    trend = query.daily_trend(lf).collect()
+    assert trend["score_date"].to_list() == [dt.date(2024, 4, 1), dt.date(2024, 5, 1), dt.date(2024, 5, 2),
+                                             dt.date(2024, 5, 3)]
+    assert trend["mean_score"].to_list() == pytest.approx([0.0, 0.5, -1.5, 0.0])
+    dist = query.score_distribution(lf).collect()
+    v1 = dist.filter(pl.col("model_version") == "v1").row(0, named=True)
+    assert v1["utterances"] == 5
+    assert [v1[f"n{k:+d}"] for k in range(-3, 4)] == [0, 1, 1, 2, 0, 1, 0]  # -2.5 -> -2, -0.5 -> 0 (half to even)
+
+
+def test_cli_prints_and_plots(scores_dir, tmp_path, capsys):
+    png = tmp_path / "trend.png"
+    assert query.main(["--scores", scores_dir, "--plot", str(png), "clips", "negative"]) == 0
+    out = capsys.readouterr().out
+    assert "== clips" in out and "== negative" in out and "== trend" not in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert query.main(["--scores", str(tmp_path / "none")]) == 2
+    assert "no such dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        query.main(["--scores", scores_dir, "bogus"])
