@@ -29,6 +29,7 @@ except ImportError:  # run from a Ray working dir without the package installed
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -197,6 +198,7 @@ def train_func(loop_config: dict, session=None) -> None:
             save_checkpoint(model, tokenizer, model_cfg, checkpoint_dir, {
                 "feature_set": loop_config["feature_set"], "feature_dim": loop_config["feature_dim"],
                 "model_id": loop_config["model_id"], "seed": seed, "epoch": epoch,
+                "missing_audio": loop_config["missing_audio"],  # "zeros": trained on audio-absent rows as zeros
                 "metrics": json_safe({k: v for k, v in metrics.items() if k.startswith("dev_")}),
                 "run_id": loop_config["run_id"], "code_version": loop_config["code_version"],
                 "train_config": loop_config["train"],
@@ -263,6 +265,9 @@ def main(argv: list[str] | None = None) -> dict:
     if train_table.num_rows == 0:
         raise SystemExit(f"no labelled utterances in {cfg.train}")
     feature_set, feature_dim = feature_info(train_table, dev_table)
+    # Audio-absent rows train with zero audio; a model that saw such rows may score them the same way.
+    n_no_audio = train_table.num_rows - pc.sum(train_table.column("audio_present")).as_py()
+    missing_audio = "zeros" if n_no_audio and feature_dim else "refuse"
     model_cfg = CMBertConfig(encoder=cfg.encoder, fusion=cfg.fusion, cls_audio=cfg.cls_audio,
                              audio_dim=max(feature_dim, 1), proj_dim=cfg.proj_dim, dropout=cfg.dropout,
                              attention_dropout=cfg.attention_dropout, max_len=cfg.max_len)
@@ -294,7 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
                 train_loop_config={"train": asdict(cfg), "seed": seed, "model": model_cfg.to_dict(),
                                    "audio_dim": model_cfg.audio_dim, "feature_set": feature_set,
                                    "feature_dim": feature_dim, "model_id": model_id, "threads": threads,
-                                   "run_id": run_id, "code_version": code_version()},
+                                   "run_id": run_id, "code_version": code_version(),
+                                   "missing_audio": missing_audio},
                 scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
                                                        resources_per_worker={"CPU": 1} | ({"GPU": 1} if cfg.gpu else {})),
                 run_config=ray.train.RunConfig(

@@ -79,7 +79,8 @@ def loop_config(epochs: int) -> dict:
                             batch_size=8, fusion_lr=1e-3)
     model = CMBertConfig(encoder=enc, cls_audio="mean", audio_dim=4)
     return {"train": asdict(cfg), "seed": 1, "model": model.to_dict(), "audio_dim": 4, "feature_set": "gen",
-            "feature_dim": 4, "model_id": "tiny", "threads": 1, "run_id": "test", "code_version": "test"}
+            "feature_dim": 4, "model_id": "tiny", "threads": 1, "run_id": "test", "code_version": "test",
+            "missing_audio": "refuse"}
 
 
 def run_local(data, epochs, resume_from=None) -> LocalSession:
@@ -136,6 +137,7 @@ def test_train_job_with_ray_then_evaluate(ray_local, dataset, tmp_path):
     assert os.path.exists(os.path.join(out, "summary.json")) and os.listdir(os.path.join(out, "runs"))
     lm = load_checkpoint(out)  # the top level loads the best seed
     assert lm.meta["feature_set"] == "gen" and lm.config.audio_dim == 4 and lm.meta["model_id"]
+    assert lm.meta["missing_audio"] == "zeros"  # the training set had text-only rows
     assert not os.path.exists(os.path.join(out, "seed-1", "optimizer.safetensors"))
 
     metrics_path = str(tmp_path / "metrics.json")

@@ -1,0 +1,323 @@
+"""Scoring throughput (utterances/s) and model FLOPs utilisation: batched vs one-at-a-time vs the Ray Data job.
+
+    python bench/bench_score.py [--rows 800] [--naive-rows 800] [--repeats 3] [--batch-size 32] [--threads 2]
+                                [--skip-ray] [--skip-bf16]
+
+Synthetic utterances (5-40 words, uniform; random 25-d word features, feature set egemaps_v02_lld) are built
+through ``cmbert.manifest.Utterance`` and cast to ``schemas.UTTERANCES_SCHEMA``. The model is the default
+CM-BERT (``CMBertConfig()``: the bundled all-MiniLM-L6-v2 encoder, paper fusion, max_len 50), saved with
+``save_checkpoint`` to a temporary folder and loaded back with ``load_checkpoint``, as the job does.
+
+(a) batched: ``cmbert.scoring.score_rows`` (token lengths -> length buckets -> collate -> forward), the pure
+    function inside ``ScoreStage``; one process, ``--threads`` torch threads.
+(b) naive: the same Scorer, one utterance per forward pass, same threads. (a) and (b) alternate repeat by
+    repeat so they share the machine's load; the speed-up is reported per repeat pair as well.
+    fp32, then bf16 autocast (``torch.autocast("cpu", torch.bfloat16)``) as a second row.
+(c) ray: ``jobs/score.py`` main() on the rows written as local Parquet, job defaults (2 actors x 1 thread at
+    0.5 CPU, batch 32, sort window 16), a fresh output folder each repeat. Ray is started (address="local",
+    2 CPUs) before the first repeat and timed apart; each main() still starts its actor pool and loads the
+    checkpoint in every actor. Time to first row is the job's own ``Tally.first_row_s`` (from run() start to
+    the first scored block reaching the driver). Ray overhead = median (c) main() seconds / median (a) seconds
+    - 1 over the same rows.
+
+FLOPs (forward, analytic, per utterance of t real word-pieces; padding is not counted as useful work):
+    2 * P * t + L * 4 * t^2 * H + 4 * t^2 * D + 2 * t^2 * H
+P = parameters outside the embeddings (encoder layers + fusion + head), L layers, H hidden size, D proj_dim;
+the t^2 terms are the encoder's QK^T and AV (all heads together), the fusion's two T x T similarity products
+and W_m @ X_t. MFU = FLOPs/s / peak; peaks: ../shared/STACK.md (fp32 167, bf16 406 GFLOP/s on 2 threads,
+an AVX-512-bf16 machine) and this machine's own matmul peak, measured here at the start of the run.
+Writes bench/results/score.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from common import PEAK_FLOPS, REPO, summary, write_result  # noqa: E402
+
+sys.path.insert(0, str(REPO / "jobs"))
+
+AUDIO_DIM = 25
+FEATURE_SET = "egemaps_v02_lld"
+# Everyday review words plus some that WordPiece splits, so word-pieces per word is realistic (~1.1-1.3).
+VOCAB = ("the movie was really not very good bad great awful acting plot funny boring i liked it hated loved "
+         "story characters ending music director so kind of and but just a little too long honestly think "
+         "you know um like this that would recommend watching again cinematography screenplay unconvincing "
+         "overacted heartwarming predictable underwhelming masterpiece soundtrack protagonist storyline "
+         "disappointing entertaining surprisingly forgettable").split()
+
+
+# ---------------------------------------------------------------- inputs and model
+
+
+def synthetic_table(n: int, seed: int = 0):
+    """``n`` utterances of 5-40 words with random 25-d word features, as a UTTERANCES_SCHEMA table."""
+    import pyarrow as pa
+
+    from cmbert.manifest import Utterance, Word, text_id
+    from schemas import UTTERANCES_SCHEMA
+
+    rng = random.Random(seed)
+    now = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    rows = []
+    for i in range(n):
+        ws = [rng.choice(VOCAB) for _ in range(rng.randint(5, 40))]
+        cid = text_id(f"bench-score-{seed}-{i}")
+        words = tuple(Word(w, 0.3 * j, 0.3 * j + 0.25, "S0", tuple(rng.gauss(0, 1) for _ in range(AUDIO_DIM)))
+                      for j, w in enumerate(ws))
+        u = Utterance(cid, cid, f"bench/{i}.wav", "S0", 0.0, 0.3 * len(ws), " ".join(ws), words, "align",
+                      FEATURE_SET, AUDIO_DIM)
+        rows.append(u.to_row("bench", now))
+    return pa.Table.from_pylist(rows, schema=UTTERANCES_SCHEMA)
+
+
+def make_checkpoint(uri: str) -> dict:
+    import torch
+
+    from cmbert.checkpoint import save_checkpoint
+    from cmbert.model import CMBertConfig, build_model, load_tokenizer
+
+    torch.manual_seed(0)
+    cfg = CMBertConfig(audio_dim=AUDIO_DIM)
+    model = build_model(cfg)
+    meta = {"feature_set": FEATURE_SET, "feature_dim": AUDIO_DIM, "model_id": "cmbert-bench", "seed": 0,
+            "epoch": 0, "metrics": {}}
+    return save_checkpoint(model, load_tokenizer(cfg), cfg, uri, meta)
+
+
+# ---------------------------------------------------------------- FLOPs
+
+
+def flop_model(model) -> dict:
+    """The constants of the analytic forward-FLOPs formula (see the module docstring)."""
+    enc = model.encoder
+    embedding_ids = {id(p) for p in getattr(enc, "embeddings", enc.get_input_embeddings()).parameters()}
+    p_nonemb = sum(p.numel() for p in model.parameters() if id(p) not in embedding_ids)
+    return {"params_nonembedding": p_nonemb, "layers": enc.config.num_hidden_layers,
+            "hidden": enc.config.hidden_size, "proj_dim": model.config.proj_dim if model.fusion is not None else 0,
+            "fusion": model.fusion is not None}
+
+
+def forward_flops(fm: dict, t: int) -> float:
+    flops = 2.0 * fm["params_nonembedding"] * t + fm["layers"] * 4.0 * t * t * fm["hidden"]
+    if fm["fusion"]:
+        flops += 4.0 * t * t * fm["proj_dim"] + 2.0 * t * t * fm["hidden"]
+    return flops
+
+
+def measured_matmul_peak(dtype: str, threads: int, seconds: float = 1.5) -> float:
+    """This machine's square-matmul FLOP/s at ``threads`` (best of a few 1024^3 products)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    n = 1024
+    a = torch.randn(n, n, dtype=getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype]))
+    b = torch.randn_like(a)
+    a @ b  # warm up
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        best = max(best, 3 * 2.0 * n ** 3 / (time.perf_counter() - t0))
+    return best
+
+
+# ---------------------------------------------------------------- (a) and (b)
+
+
+def timed_batched(scorer, rows) -> tuple[float, object]:
+    from cmbert.scoring import score_rows
+
+    t0 = time.perf_counter()
+    scores, errors = score_rows(rows, scorer)
+    elapsed = time.perf_counter() - t0
+    assert not any(errors), next(e for e in errors if e)
+    return elapsed, scores
+
+
+def timed_naive(scorer, rows) -> tuple[float, object]:
+    import numpy as np
+
+    t0 = time.perf_counter()
+    scores = np.array([scorer.forward([r])[0] for r in rows], dtype=np.float32)
+    return time.perf_counter() - t0, scores
+
+
+def in_process(ckpt: str, table, args, peaks: dict) -> dict:
+    """(a) batched vs (b) naive, fp32 and bf16 autocast, alternating repeats."""
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    from cmbert.checkpoint import load_checkpoint
+    from cmbert.collate import collate, token_lengths
+    from cmbert.scoring import INPUT_COLUMNS, Scorer
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    lm = load_checkpoint(ckpt)
+    load_s = time.perf_counter() - t0
+    scorer = Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate, "cpu",
+                    args.batch_size, token_lengths)
+    rows = table.select(INPUT_COLUMNS).to_pylist()  # what ScoreStage hands score_rows
+    naive_rows = rows[:args.naive_rows]
+    lengths = token_lengths(rows, lm.tokenizer, lm.config.max_len)
+    fm = flop_model(lm.model)
+    flops_all = sum(forward_flops(fm, t) for t in lengths)
+    flops_naive = sum(forward_flops(fm, t) for t in lengths[:len(naive_rows)])
+    from cmbert.scoring import length_buckets
+
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in length_buckets(lengths, args.batch_size))
+    out = {"checkpoint_load_s": load_s, "flop_model": fm, "rows": len(rows), "naive_rows": len(naive_rows),
+           "tokens_per_utterance": {"mean": statistics.mean(lengths), "min": min(lengths), "max": max(lengths)},
+           "words_per_utterance_mean": statistics.mean(len(r["words"]) for r in rows),
+           "gflop_per_utterance": flops_all / len(rows) / 1e9,
+           "padded_token_fraction_batched": 1 - sum(lengths) / padded}
+    reference = None
+    for dtype in ("fp32",) + (() if args.skip_bf16 else ("bf16",)):
+        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+        with ctx():
+            scorer.forward(rows[:args.batch_size])  # warm up both shapes
+            scorer.forward(rows[:1])
+            a_s, b_s, pair = [], [], []
+            for _ in range(args.repeats):
+                ta, scores = timed_batched(scorer, rows)
+                tb, naive_scores = timed_naive(scorer, naive_rows)
+                a_s.append(ta)
+                b_s.append(tb)
+                pair.append((len(rows) / ta) / (len(naive_rows) / tb))
+        if reference is None:
+            reference = scores
+        a_ups = [len(rows) / t for t in a_s]
+        b_ups = [len(naive_rows) / t for t in b_s]
+        peak_local = peaks.get(f"local_{dtype}")
+        out[dtype] = {
+            "batched": {"utterances_per_s": summary(a_ups), "seconds": summary(a_s),
+                        "mfu_vs_stack_peak": summary([flops_all / t / PEAK_FLOPS[dtype] for t in a_s]),
+                        "mfu_vs_local_peak": summary([flops_all / t / peak_local for t in a_s]) if peak_local else None},
+            "naive": {"utterances_per_s": summary(b_ups), "seconds": summary(b_s),
+                      "mfu_vs_stack_peak": summary([flops_naive / t / PEAK_FLOPS[dtype] for t in b_s]),
+                      "mfu_vs_local_peak": summary([flops_naive / t / peak_local for t in b_s]) if peak_local else None},
+            "batched_over_naive": summary(pair),
+            "batched_over_naive_of_medians": statistics.median(a_ups) / statistics.median(b_ups),
+            "max_abs_diff_batched_vs_naive": float(np.max(np.abs(scores[:len(naive_rows)] - naive_scores))),
+            "max_abs_diff_vs_fp32": float(np.max(np.abs(scores - reference))),
+        }
+        print(f"[bench] {dtype}: batched {statistics.median(a_ups):.1f} utt/s, naive {statistics.median(b_ups):.1f} "
+              f"utt/s, ratio {statistics.median(pair):.2f}x", flush=True)
+    del lm, scorer
+    return out
+
+
+# ---------------------------------------------------------------- (c) Ray Data job
+
+
+def ray_job(ckpt: str, table, args, work: str) -> dict:
+    import ray
+
+    import score
+    from cmbert import storage
+    from schemas import UTTERANCES_SCHEMA
+
+    data = f"{work}/utterances"
+    storage.write_table(table, data, UTTERANCES_SCHEMA)
+    os.environ.pop("RAY_ADDRESS", None)  # a fresh local instance, never someone else's cluster
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             object_store_memory=512 * 1024 ** 2, log_to_driver=False, configure_logging=False)
+    ray_init_s = time.perf_counter() - t0
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    tallies = []
+    real_run = score.run
+
+    def run_and_keep(cfg):
+        tallies.append(real_run(cfg))
+        return tallies[-1]
+
+    score.run = run_and_keep
+    totals = []
+    try:
+        for k in range(args.repeats):
+            argv = ["--checkpoint", ckpt, "--input", data, "--output", f"{work}/out-{k}",
+                    "--batch-size", str(args.batch_size), "--score-date", "2024-01-02"]
+            t0 = time.perf_counter()
+            rc = score.main(argv)
+            totals.append(time.perf_counter() - t0)
+            if rc != 0 or tallies[-1].n_scored != table.num_rows:
+                raise RuntimeError(f"score.main returned {rc}, scored {tallies[-1].n_scored}/{table.num_rows}")
+    finally:
+        score.run = real_run
+        ray.shutdown()
+    first = [t.first_row_s for t in tallies if t.first_row_s is not None]
+    return {"ray_init_s": ray_init_s, "main_seconds": summary(totals),
+            "utterances_per_s": summary([table.num_rows / t for t in totals]),
+            "time_to_first_row_s": summary(first) if first else None,
+            "config": "job defaults: actors=min(4, ceil(rows / (batch 32 x sort window 16))), 1 torch thread, "
+                      "0.5 CPU each"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=800)
+    ap.add_argument("--naive-rows", type=int, default=800, help="rows for the one-at-a-time loop (a prefix)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--skip-bf16", action="store_true")
+    args = ap.parse_args()
+    args.naive_rows = min(args.naive_rows, args.rows)
+
+    import torch
+
+    peaks = {"stack_fp32": PEAK_FLOPS["fp32"], "stack_bf16": PEAK_FLOPS["bf16"],
+             "local_fp32": measured_matmul_peak("fp32", args.threads)}
+    if not args.skip_bf16:
+        peaks["local_bf16"] = measured_matmul_peak("bf16", args.threads)
+    print("[bench] matmul peak here: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()
+                                                  if k.startswith("local")), flush=True)
+    work = tempfile.mkdtemp(prefix="cmbert-bench-score-")
+    try:
+        ckpt = f"{work}/checkpoint"
+        make_checkpoint(ckpt)
+        table = synthetic_table(args.rows)
+        figures = {"peak_flops": peaks, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                   "threads": args.threads, "batch_size": args.batch_size}
+        figures |= in_process(ckpt, table, args, peaks)
+        if not args.skip_ray:
+            figures["ray"] = ray_job(ckpt, table, args, work)
+            ray_s = figures["ray"]["main_seconds"]["median"]
+            figures["ray"]["overhead_vs_batched"] = ray_s / figures["fp32"]["batched"]["seconds"]["median"] - 1
+            print(f"[bench] ray: {figures['ray']['utterances_per_s']['median']:.1f} utt/s, overhead "
+                  f"{100 * figures['ray']['overhead_vs_batched']:.0f}%, first row "
+                  f"{(figures['ray']['time_to_first_row_s'] or {}).get('median')} s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_result("score", figures | {"config": vars(args)}, notes=(
+        "FLOPs per utterance (forward, t real word-pieces): 2*P*t + L*4*t^2*H + 4*t^2*D + 2*t^2*H, P = non-embedding "
+        "parameters (encoder layers + fusion + head), L layers, H hidden, D proj_dim; padding not counted. "
+        "MFU = FLOPs/s / peak (STACK.md peak and this machine's measured matmul peak). (a) batched = "
+        "cmbert.scoring.score_rows incl. tokenization and collate, (b) naive = one utterance per forward, same "
+        "threads, alternating with (a); (c) = jobs/score.py main() incl. planning, actor start, checkpoint "
+        "load per actor, Parquet read/write; Ray start-up timed apart (ray_init_s). Ray overhead = "
+        "median (c) / median (a) - 1. CPU shared with other users when measured: compare ratios from one run."))
+
+
+if __name__ == "__main__":
+    main()
