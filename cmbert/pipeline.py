@@ -15,7 +15,7 @@ from cmbert.audio.decode import SAMPLE_RATE, decode_audio
 from cmbert.audio.diarize import DiarizeParams, Turn, assign_speakers, diarize, diarize_pyannote, diarize_single
 from cmbert.audio.features import word_features
 from cmbert.audio.utterances import SplitParams, split_utterances
-from cmbert.audio.vad import VadParams, detect_speech
+from cmbert.audio.vad import VadParams, detect_energy, detect_speech
 from cmbert.audio.words import WordParams, align_words, transcribe
 from cmbert.manifest import Clip, StageError, Utterance, Word
 
@@ -66,7 +66,7 @@ def process_clip(data: bytes, clip: Clip, models: ClipModels, params: ClipParams
     audio = decode_audio(data, max_seconds=params.max_clip_seconds, start=clip.start, end=clip.end)
     offset = clip.start or 0.0
     seconds = len(audio) / SAMPLE_RATE
-    speech = detect_speech(audio, models.vad, params.vad)
+    speech = find_speech(audio, clip, models, params)
     turns = speaker_turns(audio, speech, models, params)
 
     mode = words_mode(clip, params)
@@ -108,6 +108,16 @@ def process_clip(data: bytes, clip: Clip, models: ClipModels, params: ClipParams
             )
         )
     return ClipResult(utterances, seconds)
+
+
+def find_speech(audio: np.ndarray, clip: Clip, models: ClipModels, params: ClipParams) -> list[tuple[float, float]]:
+    """Silero VAD; when it finds nothing but a transcript says there is speech, loud regions by frame energy."""
+    try:
+        return detect_speech(audio, models.vad, params.vad)
+    except StageError:
+        if not clip.text:
+            raise
+        return detect_energy(audio)
 
 
 def speaker_turns(audio: np.ndarray, speech, models: ClipModels, params: ClipParams) -> list[Turn]:

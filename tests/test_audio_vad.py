@@ -78,3 +78,19 @@ def test_call_speech_coverage(vad, shared_data):
     in_ref = np.any([(grid >= s) & (grid < e) for s, e in ref], axis=0)
     in_hyp = np.any([(grid >= s) & (grid < e) for s, e in regions], axis=0)
     assert (in_ref & ~in_hyp).sum() / in_ref.sum() < 0.05  # missed speech
+
+
+def test_energy_fallback_finds_loud_regions_and_refuses_silence():
+    import numpy as np
+    import pytest
+
+    from cmbert.audio.vad import detect_energy
+    from cmbert.manifest import StageError
+
+    t = np.arange(16000 * 3) / 16000
+    audio = np.zeros_like(t, dtype=np.float32)
+    audio[16000:32000] = 0.5 * np.sin(2 * np.pi * 220 * t[16000:32000])  # 1 s of tone in the middle
+    regions = detect_energy(audio)
+    assert len(regions) == 1 and abs(regions[0][0] - 1.0) < 0.05 and abs(regions[0][1] - 2.0) < 0.05
+    with pytest.raises(StageError, match="no speech"):
+        detect_energy(np.zeros(16000 * 3, dtype=np.float32))

@@ -64,3 +64,34 @@ def detect_speech(audio: np.ndarray, model, params: VadParams = VadParams()) -> 
     if total < params.min_total_speech_seconds:
         raise StageError("vad", f"no speech found ({total:.2f}s of speech-like audio)")
     return regions
+
+
+@dataclass(frozen=True)
+class EnergyParams:
+    frame_seconds: float = 0.03
+    below_peak_db: float = 30.0  # frames within this many dB of the loudest frame count as speech
+    min_total_speech_seconds: float = 0.3
+
+
+def detect_energy(audio: np.ndarray, params: EnergyParams = EnergyParams()) -> list[tuple[float, float]]:
+    """Loud regions by frame energy: the fallback when silero misses speech that a transcript says is there
+    (seen on shouted RAVDESS clips, where silero's speech probability stays under 0.3)."""
+    hop = int(params.frame_seconds * SAMPLE_RATE)
+    n = len(audio) // hop
+    if n == 0:
+        raise StageError("vad", "no speech found (audio shorter than one frame)")
+    frames = audio[: n * hop].reshape(n, hop)  # (frames, hop)
+    db = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)  # (frames,)
+    loud = db > db.max() - params.below_peak_db
+    if db.max() < -60:  # digital silence
+        loud[:] = False
+    regions, start = [], None
+    for i, on in enumerate(np.append(loud, False)):
+        if on and start is None:
+            start = i
+        elif not on and start is not None:
+            regions.append((start * params.frame_seconds, i * params.frame_seconds))
+            start = None
+    if sum(e - s for s, e in regions) < params.min_total_speech_seconds:
+        raise StageError("vad", "no speech found (silero and frame energy agree)")
+    return regions
