@@ -16,7 +16,7 @@ from cmbert.audio.diarize import DiarizeParams, Turn, assign_speakers, diarize, 
 from cmbert.audio.features import word_features
 from cmbert.audio.utterances import SplitParams, split_utterances
 from cmbert.audio.vad import VadParams, detect_energy, detect_speech
-from cmbert.audio.words import WordParams, align_words, transcribe
+from cmbert.audio.words import WordParams, align_words, spread_words, transcribe
 from cmbert.manifest import Clip, StageError, Utterance, Word
 
 DIARIZERS = ("auto", "none", "pyannote")
@@ -71,7 +71,12 @@ def process_clip(data: bytes, clip: Clip, models: ClipModels, params: ClipParams
 
     mode = words_mode(clip, params)
     if mode == "align":
-        words = align_words(audio, clip.text, models.aligner, params.word)
+        try:
+            words = align_words(audio, clip.text, models.aligner, params.word)
+        except StageError as exc:
+            if "alignment failed" not in exc.reason:
+                raise
+            words, mode = spread_words(clip.text, speech, params.word), "spread"
     else:
         words = transcribe(audio, models.asr, params.word)
     if not words:

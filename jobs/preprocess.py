@@ -48,6 +48,7 @@ class PreprocessConfig:
     actors: int | None = field(default=None, metadata={"help": "clip workers (default: one per CPU / GPU)"})
     gpu: bool = field(default=False, metadata={"help": "give each worker a GPU (ASR, speaker embeddings)"})
     flush_rows: int = field(default=2000, metadata={"help": "utterances per published Parquet file"})
+    retry_rejects: bool = field(default=False, metadata={"help": "process again the tasks earlier runs rejected"})
 
 
 @dataclass
@@ -94,10 +95,12 @@ class Publisher:
         self.utterances, self.rejects, self.pending = [], [], 0
 
 
-def done_tasks(output: str) -> frozenset[str]:
-    """Task ids an earlier run finished: those with utterances or with a reject row."""
+def done_tasks(output: str, retry_rejects: bool = False) -> frozenset[str]:
+    """Task ids an earlier run finished: those with utterances, and (unless retried) those with a reject row.
+    The rejects table is a log of attempts: a retried task that now succeeds keeps its old reject rows."""
     done = storage.distinct_values(f"{output}/utterances", "task_id", UTTERANCES_SCHEMA)
-    done |= storage.distinct_values(f"{output}/rejects", "task_id", REJECTS_SCHEMA)
+    if not retry_rejects:
+        done |= storage.distinct_values(f"{output}/rejects", "task_id", REJECTS_SCHEMA)
     return frozenset(done)
 
 
@@ -111,7 +114,7 @@ def run(cfg: PreprocessConfig) -> Tally:
     started = utc_now()
     manifest = read_manifest(cfg.manifest) if cfg.manifest else None
     tasks, early = build_tasks(cfg.input, manifest, cfg.text_column, cfg.label_column)
-    done = done_tasks(cfg.output)
+    done = done_tasks(cfg.output, cfg.retry_rejects)
     metadata = {"cmbert.run_id": run_id, "cmbert.code_version": code_version(), "cmbert.config": config_json(cfg)}
     publisher = Publisher(cfg, metadata)
     tally = Tally(tasks=len(tasks) + len(early))

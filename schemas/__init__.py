@@ -40,7 +40,7 @@ UTTERANCES_SCHEMA = _versioned(
         pa.field("text", pa.string(), nullable=False),
         pa.field("label", pa.float64()),
         pa.field("words", pa.list_(WORD_TYPE), nullable=False),
-        pa.field("words_source", pa.string(), nullable=False),  # align | asr | text
+        pa.field("words_source", pa.string(), nullable=False),  # align | asr | text | spread (alignment failed: words laid over the speech)
         pa.field("audio_present", pa.bool_(), nullable=False),
         pa.field("feature_set", pa.string(), nullable=False),  # e.g. egemaps_v02_lld, or "none"
         pa.field("feature_dim", pa.int32(), nullable=False),

@@ -138,3 +138,13 @@ def test_alignment_on_ravdess(aligner, shared_data):
         words = align_words(audio, row["text"], aligner)
         assert [w.word for w in words] == row["text"].split()
         check_words(words, audio.size / SAMPLE_RATE)
+
+
+def test_spread_words_covers_speech_in_order():
+    from cmbert.audio.words import spread_words
+
+    words = spread_words("Kids are talking, by the door.", [(1.0, 2.0), (2.5, 3.0)])
+    assert [w.word for w in words] == ["Kids", "are", "talking,", "by", "the", "door."]
+    assert words[0].start == 1.0 and words[-1].end == 3.0
+    assert all(a.end <= b.start + 1e-9 and w.end > w.start for a, b, w in zip(words, words[1:], words))
+    assert all(isinstance(w.start, float) for w in words)

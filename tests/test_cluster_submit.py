@@ -1,4 +1,5 @@
-"""End to end on a real local Ray head: cluster/ray-local.sh start, `ray job submit` jobs/preprocess.py, stop.
+"""End to end on a real local Ray head: cluster/ray-local.sh start, `ray job submit` jobs/preprocess.py and then
+jobs/train.py (2 DDP workers) on its output, stop.
 
 The head runs on free (non-default) ports so it cannot collide with a cluster the user already runs.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
+from cmbert_tiny import tiny_encoder_dir
 from conftest import REPO, free_ports
 
 SCRIPT = REPO / "cluster" / "ray-local.sh"
@@ -71,6 +73,21 @@ def test_submit_preprocess_to_local_head():
         assert table.num_rows == len(texts)
         assert sorted(table.column("text").to_pylist()) == sorted(texts)
         assert set(table.column("words_source").to_pylist()) == {"text"}
+
+        # Train on what preprocess wrote: Ray Train DDP with 2 workers, submitted the same way.
+        ckpt = out.parent / "ckpt"
+        train_id = f"cmbert-train-{uuid.uuid4().hex[:8]}"
+        train = _run(
+            [str(RAY), "job", "submit", "--address", f"http://127.0.0.1:{env['DASHBOARD_PORT']}",
+             "--submission-id", train_id, "--working-dir", str(REPO), "--runtime-env-json", RUNTIME_ENV,
+             "--", "python", "jobs/train.py", "--train", str(out / "utterances"), "--dev", str(out / "utterances"),
+             "--output", str(ckpt), "--encoder", tiny_encoder_dir(), "--epochs", "1", "--seeds", "1",
+             "--workers", "2", "--batch-size", "4"],
+            env, timeout=400,
+        )
+        log = train.stdout + train.stderr
+        assert train.returncode == 0 and f"Job '{train_id}' succeeded" in log, log[-4000:]
+        assert (ckpt / "meta.json").is_file() and (ckpt / "seed-1" / "model.safetensors").is_file()
     finally:
         stopped = _run(["bash", str(SCRIPT), "stop"], env, timeout=120)
         after = _run(["bash", str(SCRIPT), "status"], env, timeout=60)

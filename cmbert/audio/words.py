@@ -255,3 +255,26 @@ def _min_window(words: list[Word], min_seconds: float, duration: float) -> list[
             w = replace(w, start=round(s, 3), end=round(e, 3))
         out.append(w)
     return out
+
+
+def spread_words(text: str, speech: list[tuple[float, float]], params: WordParams = WordParams()) -> list[Word]:
+    """The fallback when forced alignment fails on a known transcript (seen on shouted RAVDESS clips):
+    the words laid over the detected speech in proportion to their letters. Coarse, but the per-word acoustic
+    features still come from the speech, not from silence."""
+    tokens = [t for t in text.split() if _key(t)]
+    if not tokens or not speech:
+        raise StageError(_STAGE, "nothing to spread: empty transcript or no speech")
+    weights = np.array([max(len(_key(t)), 1) for t in tokens], dtype=np.float64)
+    total = sum(e - s for s, e in speech)
+    bounds = np.concatenate([[0.0], np.cumsum(weights) / weights.sum() * total])  # speech-time word edges
+
+    def clock(t: float) -> float:
+        """Speech time (seconds of speech so far) -> clip time."""
+        for s, e in speech:
+            if t <= e - s:
+                return s + t
+            t -= e - s
+        return speech[-1][1]
+
+    words = [Word(tok, float(clock(bounds[i])), float(clock(bounds[i + 1]))) for i, tok in enumerate(tokens)]
+    return _min_window(words, params.min_word_seconds, speech[-1][1])

@@ -1,0 +1,177 @@
+"""Run every benchmark, then write bench/results/summary.md: the headline figures of each results JSON.
+
+    python bench/run_all.py [--only NAME ...] [--summary-only] [--timeout SECONDS]
+
+Each ``bench/bench_*.py`` runs as its own subprocess with the venv's python, in ORDER (then any other
+bench_*.py, alphabetically), with its output passed through; a failing bench is reported and the rest still
+run. NAME is ``score``, ``bench_score`` or ``bench_score.py``. The summary is written from whatever results
+JSONs exist, so ``--only`` refreshes one bench's rows and keeps the others (marked with their own date and
+git sha); a bench without a JSON, or a figure missing from one, shows as a dash. Exit status 1 when a bench failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+RESULTS = BENCH / "results"
+ORDER = ("preprocess_stages", "train", "score")  # cheap-to-explain first; the rest follow alphabetically
+
+
+@dataclass(frozen=True)
+class Figure:
+    label: str
+    path: str  # keys into the JSON's "figures", joined by "/" (keys may contain dots)
+    unit: str = ""  # "%" multiplies by 100
+    digits: int = 1
+
+
+# bench name (bench_<name>.py writes results/<name>.json) -> the figures the summary shows.
+HEADLINES: dict[str, list[Figure]] = {
+    "preprocess_stages": [
+        Figure("align path, x realtime (1 core)", "ravdess/x_realtime_align_path"),
+        Figure("ASR path, x realtime (1 core)", "ravdess/x_realtime_asr_path"),
+        Figure("ASR word error rate, RAVDESS", "ravdess/asr_wer", digits=3),
+        Figure("DER, 2-speaker call, collar 0.5 s", "call_2spk/der_collar_0.5", digits=3),
+        Figure("model load", "model_load_seconds", " s"),
+    ],
+    "train": [
+        Figure("plain loop, 2 threads", "plain_2_threads/samples_per_s", " samples/s"),
+        Figure("plain loop MFU (fp32)", "plain_2_threads/mfu_fp32", "%"),
+        Figure("Ray Train 2 workers x 1 thread", "ray_ddp_2_workers_1_thread/samples_per_s", " samples/s"),
+        Figure("Ray Train 2x1 vs plain", "ray_ddp_2_workers_1_thread/vs_plain", "x", 2),
+        Figure("Ray Train 2x1 fit() wall time", "ray_ddp_2_workers_1_thread/fit_s", " s"),
+    ],
+    "score": [
+        Figure("batched fp32 (median)", "fp32/batched/utterances_per_s/median", " utt/s"),
+        Figure("naive one-at-a-time fp32 (median)", "fp32/naive/utterances_per_s/median", " utt/s"),
+        Figure("batched / naive fp32 (median of pairs)", "fp32/batched_over_naive/median", "x", 2),
+        Figure("batched fp32 MFU vs STACK.md peak", "fp32/batched/mfu_vs_stack_peak/median", "%"),
+        Figure("batched fp32 MFU vs local matmul peak", "fp32/batched/mfu_vs_local_peak/median", "%"),
+        Figure("batched bf16 autocast (median)", "bf16/batched/utterances_per_s/median", " utt/s"),
+        Figure("jobs/score.py via Ray Data (median)", "ray/utterances_per_s/median", " utt/s"),
+        Figure("Ray overhead vs batched", "ray/overhead_vs_batched", "%", 0),
+        Figure("Ray time to first row (median)", "ray/time_to_first_row_s/median", " s"),
+    ],
+}
+
+
+def bench_names() -> list[str]:
+    found = sorted(p.stem[len("bench_"):] for p in BENCH.glob("bench_*.py"))
+    return [n for n in ORDER if n in found] + [n for n in found if n not in ORDER]
+
+
+def normalise(name: str) -> str:
+    name = Path(name).name
+    name = name[:-3] if name.endswith(".py") else name
+    return name[len("bench_"):] if name.startswith("bench_") else name
+
+
+def venv_python() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def run_bench(name: str, timeout: float | None) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYANNOTE_METRICS_ENABLED="0",
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    cmd = [venv_python(), str(BENCH / f"bench_{name}.py")]
+    print(f"[run_all] {name}: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        rc = subprocess.run(cmd, cwd=REPO, env=env, timeout=timeout).returncode
+        error = None if rc == 0 else f"exit status {rc}"
+    except subprocess.TimeoutExpired:
+        rc, error = None, f"timed out after {timeout:.0f} s"
+    seconds = time.perf_counter() - t0
+    print(f"[run_all] {name}: {'ok' if error is None else 'FAILED: ' + error} in {seconds:.0f} s", flush=True)
+    return {"name": name, "error": error, "seconds": seconds, "started": time.time() - seconds}
+
+
+def lookup(doc: dict, path: str):
+    value = doc.get("figures", {})
+    for key in path.split("/"):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def fmt(value, fig: Figure) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if fig.unit == "%":
+        return f"{100 * value:.{fig.digits}f}%"
+    return f"{value:.{fig.digits}f}{fig.unit}"
+
+
+def summary_markdown(names: list[str], runs: dict[str, dict]) -> str:
+    lines = ["# Benchmark summary", "",
+             f"Written by `python bench/run_all.py` at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}. "
+             "Full figures, machine and command: `bench/results/<bench>.json`. The CPU may be shared when "
+             "measured: compare ratios within one bench run, not absolute figures across runs.", "",
+             "| bench | this run | results from (git) | figure | value |", "|---|---|---|---|---|"]
+    for name in names + sorted(set(HEADLINES) - set(names)):
+        path = RESULTS / f"{name}.json"
+        run = runs.get(name)
+        status = "not run" if run is None else ("ok" if run["error"] is None else f"FAILED ({run['error']})")
+        if run is not None:
+            status += f", {run['seconds']:.0f} s"
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            why = "no results file" if isinstance(exc, FileNotFoundError) else f"unreadable: {exc}"
+            lines.append(f"| {name} | {status} | {why} | | |")
+            continue
+        stale = run is not None and path.stat().st_mtime < run["started"]
+        origin = f"{doc.get('time', '?')} ({doc.get('git', '?')})" + (" STALE" if stale else "")
+        figures = HEADLINES.get(name) or [Figure(k, k, digits=3) for k, v in doc.get("figures", {}).items()
+                                          if isinstance(v, (int, float))][:6]
+        if not figures:
+            lines.append(f"| {name} | {status} | {origin} | (no headline figures registered) | |")
+        for i, fig in enumerate(figures):
+            head = f"{name} | {status} | {origin}" if i == 0 else " | | "
+            lines.append(f"| {head} | {fig.label} | {fmt(lookup(doc, fig.path), fig)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", action="append", metavar="NAME", help="run only this bench (repeatable)")
+    ap.add_argument("--summary-only", action="store_true", help="run nothing; rewrite summary.md from the JSONs")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per bench (default: none)")
+    args = ap.parse_args(argv)
+    names = bench_names()
+    selected = names
+    if args.only:
+        selected = [normalise(n) for n in args.only]
+        unknown = [n for n in selected if n not in names]
+        if unknown:
+            print(f"run_all: error: no bench/bench_{unknown[0]}.py (benches: {', '.join(names)})", file=sys.stderr)
+            return 2
+    runs = {}
+    if not args.summary_only:
+        for name in selected:
+            runs[name] = run_bench(name, args.timeout)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "summary.md"
+    out.write_text(summary_markdown(names, runs))
+    print(f"[run_all] wrote {out}")
+    failed = [r for r in runs.values() if r["error"] is not None]
+    for r in failed:
+        print(f"[run_all] FAILED {r['name']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
