@@ -10,6 +10,8 @@ export TRANSFORMERS_OFFLINE := 1
 export PYANNOTE_METRICS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
+# OpenMP's spinning wait is 10-60x slower on shared CPUs (bench/bench_score.py); override on dedicated nodes.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: venv test demo bench clean
 

@@ -32,10 +32,12 @@ HEADLINE = ("has0_acc2", "non0_acc2", "has0_f1", "non0_f1", "mae", "corr", "acc7
 PAPER_TBERT_TEST = {"acc2": 83.2, "f1": 83.2, "mae": 0.784, "corr": 0.774, "acc7": 41.5}
 
 
-def preprocess(split: str, work: str) -> tuple[str, float]:
+def preprocess(split: str, work: str, reuse: bool = False) -> tuple[str, float]:
     import preprocess as preprocess_job
 
     out = os.path.join(work, "data", split)
+    if reuse and os.path.isdir(os.path.join(out, "utterances")):
+        return os.path.join(out, "utterances"), 0.0
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     rc = preprocess_job.main(["--manifest", str(SHARED_DATA / "mosi-text" / f"{split}.tsv"), "--output", out])
@@ -50,9 +52,11 @@ def run_one(name: str, seed: int, extra: list[str], train_uri: str, dev_uri: str
 
     model_dir = os.path.join(args.work, "models", name, f"seed-{seed}")
     eval_json = os.path.join(args.work, "eval", name, f"seed-{seed}.json")
-    shutil.rmtree(model_dir, ignore_errors=True)
     argv = ["--train", train_uri, "--dev", dev_uri, "--output", model_dir, "--seeds", "1",
             "--epochs", str(args.epochs), "--workers", str(args.workers)] + extra
+    if args.reuse and os.path.exists(eval_json) and os.path.exists(os.path.join(model_dir, "summary.json")):
+        return reused(seed, argv, model_dir, eval_json)
+    shutil.rmtree(model_dir, ignore_errors=True)
     # train.py trains seeds 1, 11, 111, ... (its seed_list); ask it for exactly this one seed.
     original = train_job.seed_list
     train_job.seed_list = lambda n: [seed]
@@ -73,6 +77,24 @@ def run_one(name: str, seed: int, extra: list[str], train_uri: str, dev_uri: str
             "train_rows_per_s": summary["seeds"][0]["train_rows_per_s"]}
 
 
+def reused(seed: int, argv: list[str], model_dir: str, eval_json: str) -> dict:
+    """A finished (model, seed) run from an earlier invocation: its metrics, and its train time from the
+    train job's own run row (RUNS_SCHEMA duration_s)."""
+    from cmbert import storage
+
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        summary = json.load(f)
+    with open(eval_json) as f:
+        result = json.load(f)
+    row = storage.read_table(os.path.join(model_dir, "runs")).to_pylist()[-1]
+    if json.loads(row["config_json"]).get("train") != argv[1]:
+        raise SystemExit(f"{model_dir} was trained on other data; run without --reuse")
+    print(f"[mosi] reusing {model_dir}", flush=True)
+    return {"seed": seed, "train_argv": argv, "train_s": row["duration_s"], "eval_s": None, "reused": True,
+            "metrics": result["per_seed"][0]["metrics"], "best_epoch": summary["seeds"][0]["best_epoch"],
+            "n_dev": result["n_rows"], "train_rows_per_s": summary["seeds"][0]["train_rows_per_s"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(REPO / "runs" / "bench-mosi"))
@@ -80,14 +102,16 @@ def main() -> None:
     p.add_argument("--budget-min", type=float, default=30.0, help="start another seed pair only within this")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--reuse", action="store_true", help="keep finished (model, seed) runs of an earlier "
+                   "invocation in --work; the budget then counts only this invocation's new runs")
     args = p.parse_args()
     t_all = time.perf_counter()
 
     from cmbert.metrics import aggregate
     from train import seed_list
 
-    train_uri, pre_train_s = preprocess("train", args.work)
-    dev_uri, pre_dev_s = preprocess("dev", args.work)
+    train_uri, pre_train_s = preprocess("train", args.work, args.reuse)
+    dev_uri, pre_dev_s = preprocess("dev", args.work, args.reuse)
     models = {"tbert": ("T-BERT (--fusion none)", ["--fusion", "none"]),
               "cmbert": ("CM-BERT, audio absent (--fusion cmbert --cls-audio zero)", ["--fusion", "cmbert"])}
     runs: dict[str, list[dict]] = {k: [] for k in models}
@@ -99,12 +123,13 @@ def main() -> None:
             print(f"[mosi] stopping after {len(pair_times)} seed(s): {elapsed:.0f}s elapsed, a pair takes "
                   f"{max(pair_times):.0f}s, budget {budget:.0f}s", flush=True)
             break
-        t0 = time.perf_counter()
+        pair = 0.0
         for name, (_, extra) in models.items():
             r = run_one(name, seed, extra, train_uri, dev_uri, args)
             runs[name].append(r)
+            pair += r["train_s"] + (r["eval_s"] or 0.0)
             print(f"[mosi] {name} seed {seed}: {json.dumps(r['metrics'])} train {r['train_s']:.0f}s", flush=True)
-        pair_times.append(time.perf_counter() - t0)
+        pair_times.append(pair)
 
     figures = {"data": {"train": train_uri, "dev": dev_uri, "preprocess_s": {"train": pre_train_s, "dev": pre_dev_s}},
                "seeds_run": len(pair_times), "seeds_max": args.seeds, "epochs": args.epochs, "models": {},

@@ -1,7 +1,7 @@
 """Scoring throughput (utterances/s) and model FLOPs utilisation: batched vs one-at-a-time vs the Ray Data job.
 
-    python bench/bench_score.py [--rows 800] [--naive-rows 800] [--repeats 3] [--batch-size 32] [--threads 2]
-                                [--skip-ray] [--skip-bf16]
+    python bench/bench_score.py [--rows 600] [--naive-rows 300] [--repeats 3] [--batch-size 32] [--threads 2]
+                                [--bf16-rows N] [--skip-ray] [--skip-bf16]
 
 Synthetic utterances (5-40 words, uniform; random 25-d word features, feature set egemaps_v02_lld) are built
 through ``cmbert.manifest.Utterance`` and cast to ``schemas.UTTERANCES_SCHEMA``. The model is the default
@@ -10,9 +10,11 @@ CM-BERT (``CMBertConfig()``: the bundled all-MiniLM-L6-v2 encoder, paper fusion,
 
 (a) batched: ``cmbert.scoring.score_rows`` (token lengths -> length buckets -> collate -> forward), the pure
     function inside ``ScoreStage``; one process, ``--threads`` torch threads.
-(b) naive: the same Scorer, one utterance per forward pass, same threads. (a) and (b) alternate repeat by
+(b) naive: the same Scorer, one utterance per forward pass (over the first ``--naive-rows``), same threads. (a) and (b) alternate repeat by
     repeat so they share the machine's load; the speed-up is reported per repeat pair as well.
-    fp32, then bf16 autocast (``torch.autocast("cpu", torch.bfloat16)``) as a second row.
+    fp32, then bf16 autocast (``torch.autocast("cpu", torch.bfloat16)``) as a second row (on a prefix of
+    ``--bf16-rows`` when the CPU has no native bf16: torch then emulates it, ~100x slower than fp32).
+OMP_WAIT_POLICY defaults to PASSIVE here (see below; recorded in the JSON).
 (c) ray: ``jobs/score.py`` main() on the rows written as local Parquet, job defaults (2 actors x 1 thread at
     0.5 CPU, batch 32, sort window 16), a fresh output folder each repeat. Ray is started (address="local",
     2 CPUs) before the first repeat and timed apart; each main() still starts its actor pool and loads the
@@ -46,6 +48,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# libgomp's default spin-wait makes 2-thread small-batch inference 10-60x slower when the cores are shared
+# (measured here: batch-1 forward 2-4 s instead of 35-60 ms), which measures the neighbours, not the code.
+# Set before torch loads; the Ray workers inherit it. Override with OMP_WAIT_POLICY=ACTIVE in the environment.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from common import PEAK_FLOPS, REPO, summary, write_result  # noqa: E402
 
@@ -215,6 +221,8 @@ def in_process(ckpt: str, table, args, peaks: dict) -> dict:
                 a_s.append(ta)
                 b_s.append(tb)
                 pair.append((len(rows) / ta) / (len(naive_rows) / tb))
+                print(f"[bench] {dtype} repeat {len(a_s)}: batched {len(rows) / ta:.1f} utt/s, naive "
+                      f"{len(naive_rows) / tb:.1f} utt/s", flush=True)
         if reference is None:
             reference = scores
         a_ups = [len(rows) / t for t in a_s]
@@ -273,6 +281,7 @@ def ray_job(ckpt: str, table, args, work: str) -> dict:
             t0 = time.perf_counter()
             rc = score.main(argv)
             totals.append(time.perf_counter() - t0)
+            print(f"[bench] ray repeat {k + 1}: {totals[-1]:.1f} s, first row {tallies[-1].first_row_s}", flush=True)
             if rc != 0 or tallies[-1].n_scored != table.num_rows:
                 raise RuntimeError(f"score.main returned {rc}, scored {tallies[-1].n_scored}/{table.num_rows}")
     finally:
@@ -288,25 +297,25 @@ def ray_job(ckpt: str, table, args, work: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=800)
-    ap.add_argument("--naive-rows", type=int, default=800, help="rows for the one-at-a-time loop (a prefix)")
+    ap.add_argument("--rows", type=int, default=600)
+    ap.add_argument("--naive-rows", type=int, default=300, help="rows for the one-at-a-time loop (a prefix)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-bf16", action="store_true")
     ap.add_argument("--bf16-rows", type=int, default=None,
-                    help="rows for the bf16 row (default: all with native bf16, else 48: emulated bf16 is slow)")
+                    help="rows for the bf16 row (default: all with native bf16, else one batch: emulated bf16 is slow)")
     args = ap.parse_args()
     args.naive_rows = min(args.naive_rows, args.rows)
     if args.bf16_rows is None and not native_bf16():
-        args.bf16_rows = 48
+        args.bf16_rows = args.batch_size
 
     import torch
 
     peaks = {"stack_fp32": PEAK_FLOPS["fp32"], "stack_bf16": PEAK_FLOPS["bf16"],
              "local_fp32": measured_matmul_peak("fp32", args.threads)}
-    if not args.skip_bf16:
+    if not args.skip_bf16 and native_bf16():  # emulated bf16 matmul says nothing about the model's bf16 kernels
         peaks["local_bf16"] = measured_matmul_peak("bf16", args.threads)
     print("[bench] matmul peak here: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()
                                                   if k.startswith("local")), flush=True)
@@ -316,7 +325,7 @@ def main() -> None:
         make_checkpoint(ckpt)
         table = synthetic_table(args.rows)
         figures = {"peak_flops": peaks, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                   "native_bf16": native_bf16(),
+                   "native_bf16": native_bf16(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                    "threads": args.threads, "batch_size": args.batch_size}
         figures |= in_process(ckpt, table, args, peaks)
         if not args.skip_ray:

@@ -11,10 +11,14 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Workers inherit this. OpenMP's spinning wait costs 10-60x on a shared CPU (bench/bench_score.py finding);
+    # a dedicated node may set OMP_WAIT_POLICY=ACTIVE explicitly.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+    # address="local": always a private instance, never a cluster some other process left in /tmp/ray.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
              configure_logging=False, log_to_driver=True)
 
 

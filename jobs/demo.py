@@ -35,8 +35,8 @@ class DemoConfig:
 
 def step(title: str, job_main, argv: list[str]) -> None:
     print(f"\n=== {title}: {' '.join(argv)}", flush=True)
-    code = job_main(argv)
-    if code not in (0, None):
+    code = job_main(argv)  # train/evaluate return their summary dict; the others an exit code
+    if isinstance(code, int) and code != 0:
         raise SystemExit(f"demo: {title} failed with exit code {code}")
 
 

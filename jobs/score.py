@@ -275,8 +275,12 @@ def score_dataset(cfg: ScoreConfig, info: ModelInfo, plan: WorkPlan, stamp: Scor
         resources = {"num_cpus": cfg.cpus_per_actor}  # fractional: 2 actors on 2 CPUs do not deadlock the read
         default = int(ray.cluster_resources().get("CPU", 1) / max(cfg.cpus_per_actor, cfg.threads / 2, 0.1))
     actors = max(1, min(cfg.actors or default, batches))
+    # A block goes to one actor whole: give every actor at least two blocks' worth of rows to work on.
+    rows_per_batch = min(rows_per_batch, max(cfg.batch_size, math.ceil(plan.n_todo / (2 * actors))))
     ds = ray.data.read_parquet(plan.files, filesystem=src.fs, include_paths=bool(plan.partial), partitioning=None)
     ds = ds.select_columns(INPUT_COLUMNS + (["path"] if plan.partial else []))  # pushed down into the read
+    if len(plan.files) < 2 * actors:  # one file reads as one block: split it, or one actor does all the work
+        ds = ds.repartition(2 * actors, shuffle=False)
     return ds.map_batches(
         ScoreStage,
         fn_constructor_kwargs={"options": options},
