@@ -18,8 +18,23 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
     # address="local": always a private instance, never a cluster some other process left in /tmp/ray.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             configure_logging=False, log_to_driver=True)
+    start_with_retries(lambda: ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                                        _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=True))
+
+
+def start_with_retries(start, attempts: int = 3) -> None:
+    """Ray gives a starting raylet a fixed 30 s to register; on a loaded machine it may need a second try."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            start()
+            return
+        except Exception as exc:  # ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            ray.shutdown()
+            print(f"ray: local start timed out (attempt {attempt}/{attempts}); retrying", flush=True)
 
 
 def cluster_cpus() -> float:

@@ -27,6 +27,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads are 10-60x slower on a shared CPU
 # The AWS SDK inside pyarrow probes the EC2 metadata service when credentials are missing: seconds of waiting.
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
@@ -265,7 +266,9 @@ def ray_local():
     import ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(
+    from cmbert.raysetup import start_with_retries
+
+    start_with_retries(lambda: ray.init(
         address="local",
         num_cpus=2,
         include_dashboard=False,
@@ -273,7 +276,7 @@ def ray_local():
         object_store_memory=512 * 1024**2,
         log_to_driver=False,
         configure_logging=False,
-    )
+    ))
     try:
         yield ray
     finally:
