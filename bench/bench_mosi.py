@@ -138,7 +138,8 @@ def main() -> None:
         agg = aggregate([r["metrics"] for r in runs[name]])
         figures["models"][name] = {
             "title": title, "seeds": [r["seed"] for r in runs[name]], "mean_std": agg,
-            "headline": {k: f"{agg[k]['mean']:.4f} ± {agg[k]['std']:.4f}" for k in HEADLINE if k in agg},
+            "headline": {k: (f"{agg[k]['mean']:.4f} ± {agg[k]['std']:.4f}" if agg[k]["n"] > 1
+                             else f"{agg[k]['mean']:.4f} (1 seed, no std)") for k in HEADLINE if k in agg},
             "per_seed": runs[name],
             "train_s": {"mean": sum(r["train_s"] for r in runs[name]) / max(len(runs[name]), 1),
                         "all": [r["train_s"] for r in runs[name]]}}
@@ -149,7 +150,7 @@ def main() -> None:
              f"--workers {args.workers}, CPU (2 cores shared with other jobs). CM-BERT sees no audio here (text-only "
              "rows, audio_dim 1 of zeros, paper mode). Not comparable one-to-one with the paper's reference "
              "(T-BERT with BERT-base on the test split: Acc2 83.2, F1 83.2, MAE 0.784, Corr 0.774, Acc7 41.5): "
-             "a smaller encoder, the dev split (229 rows), and the paper's Acc2/F1 convention differs from both "
+             "a smaller encoder, the dev split, and the paper's Acc2/F1 convention differs from both "
              "has0 and non0 given here (see cmbert/metrics.py). Model selection is the epoch with the lowest dev "
              "loss, so dev figures are slightly optimistic.")
     write_result("mosi", figures, notes=notes)

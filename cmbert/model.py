@@ -38,6 +38,10 @@ class CMBertConfig:
     max_len: int = 50  # word-pieces including [CLS] and [SEP]
     mask_value: float = -10000.0  # what padded keys get before the softmax (authors: -10000, added)
     freeze_embeddings: bool = True  # paper: the embedding layer is frozen
+    # Per-feature mean and std of the training set's word audio (set by the training job). Raw LLDs span
+    # 0.1 (loudness) to 1000s (formant Hz): unscaled, the largest dominate the audio projection.
+    audio_mean: list[float] | None = None
+    audio_std: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.fusion not in ("cmbert", "none"):
@@ -48,6 +52,10 @@ class CMBertConfig:
             raise ValueError("text_kernel and audio_kernel must be odd (same-length convolution)")
         if self.audio_dim < 1:
             raise ValueError("audio_dim must be >= 1 (text-only data uses 1 channel of zeros)")
+        for name in ("audio_mean", "audio_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.audio_dim:
+                raise ValueError(f"{name} has {len(value)} values, audio_dim is {self.audio_dim}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,6 +150,11 @@ class CMBert(nn.Module):
         for linear in [self.head] + ([self.fusion.dense] if self.fusion is not None else []):
             nn.init.normal_(linear.weight, std=init_std)  # BERT's initialisation, as the authors' apply()
             nn.init.zeros_(linear.bias)
+        # Not persistent: the config is where they live (config.json), so a checkpoint cannot disagree with it.
+        mean = torch.tensor(config.audio_mean or [0.0] * config.audio_dim, dtype=torch.float32)
+        std = torch.tensor(config.audio_std or [1.0] * config.audio_dim, dtype=torch.float32)
+        self.register_buffer("audio_mean", mean, persistent=False)  # (Da,)
+        self.register_buffer("audio_std", std.clamp_min(1e-6), persistent=False)  # (Da,)
         if config.freeze_embeddings:
             for p in encoder.get_input_embeddings().parameters():
                 p.requires_grad_(False)
@@ -164,6 +177,13 @@ class CMBert(nn.Module):
         audio[:, 0] = mean
         return audio
 
+    def standardise(self, audio: torch.Tensor) -> torch.Tensor:
+        """Scale word audio by the training set's statistics. Positions without audio ([CLS], [SEP], padding,
+        audio-absent rows) are all-zero vectors and stay exactly zero, so the paper mode stays deaf."""
+        present = (audio != 0).any(dim=-1, keepdim=True)  # (B, T, 1)
+        scaled = (audio - self.audio_mean) / self.audio_std  # (B, T, Da), broadcast over (Da,)
+        return torch.where(present, scaled, torch.zeros_like(audio))  # (B, T, Da)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 audio: torch.Tensor | None = None) -> CMBertOutput:
         x_t = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
@@ -171,7 +191,8 @@ class CMBert(nn.Module):
             return CMBertOutput(score=self.head(self.dropout(x_t[:, 0])).squeeze(-1))  # (B, H) -> (B, 1) -> (B,)
         if audio is None:
             audio = x_t.new_zeros(*x_t.shape[:2], self.config.audio_dim)  # (B, T, Da)
-        audio = self.cls_audio(audio.to(x_t.dtype), attention_mask)  # (B, T, Da)
+        audio = self.standardise(audio.to(x_t.dtype))  # (B, T, Da)
+        audio = self.cls_audio(audio, attention_mask)  # (B, T, Da)
         hidden, alpha_t, beta_a, w_m = self.fusion(x_t, audio, attention_mask)
         score = self.head(self.dropout(hidden[:, 0])).squeeze(-1)  # (B, H) -> (B, 1) -> (B,)
         return CMBertOutput(score=score, alpha_t=alpha_t, beta_a=beta_a, w_m=w_m)

@@ -8,6 +8,7 @@ work already done (by content-hash task id), so they add no duplicates and pick 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -149,12 +150,14 @@ def run(cfg: PreprocessConfig) -> Tally:
             **resources,
         )
         owned: set[str] = set()
-        for block in results.iter_batches(batch_format="pyarrow", batch_size=None):
-            collect(block, owned, publisher, tally)
-            now = time.monotonic()
-            if now - tally.last_print > 5:
-                print(tally.line(), flush=True)
-                tally.last_print = now
+        batches = iter(results.iter_batches(batch_format="pyarrow", batch_size=None))
+        with contextlib.closing(batches):  # on failure too: shuts the executor down and frees the actors now
+            for block in batches:
+                collect(block, owned, publisher, tally)
+                now = time.monotonic()
+                if now - tally.last_print > 5:
+                    print(tally.line(), flush=True)
+                    tally.last_print = now
     publisher.flush()
     write_run_row(cfg, run_id, started, tally)
     return tally

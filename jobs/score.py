@@ -23,6 +23,7 @@ except ImportError:  # run from a Ray working dir without the package installed
 
 import datetime as dt
 import json
+import contextlib
 import math
 import posixpath
 
@@ -237,10 +238,12 @@ def run(cfg: ScoreConfig) -> Tally:
     try:
         if plan.n_todo:
             stamp = ScoreStamp(info.model_id, info.model_version, run_id, score_date)
-            for block in score_dataset(cfg, info, plan, stamp).iter_batches(batch_format="pyarrow", batch_size=None):
-                if tally.first_row_s is None:
-                    tally.first_row_s = time.monotonic() - t0
-                collect(block, tally.owned, writer, tally)
+            batches = iter(score_dataset(cfg, info, plan, stamp).iter_batches(batch_format="pyarrow", batch_size=None))
+            with contextlib.closing(batches):  # on failure too: shuts the executor down and frees the actors now
+                for block in batches:
+                    if tally.first_row_s is None:
+                        tally.first_row_s = time.monotonic() - t0
+                    collect(block, tally.owned, writer, tally)
         writer.publish()
     except BaseException:
         writer.discard()

@@ -67,9 +67,12 @@ class TrainConfig:
     fusion_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the masked multimodal attention"})
     label_column: str = field(default="label", metadata={"help": "column (or key of `extra`) with the target"})
     proj_dim: int = field(default=30, metadata={"help": "projection size of the masked multimodal attention"})
+    audio_norm: bool = field(default=True, metadata={"help": "standardise word audio with the training set's "
+                                                             "per-feature mean and std (kept in the checkpoint)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout after the fusion and before the head"})
     attention_dropout: float = field(default=0.3, metadata={"help": "dropout on W_m"})
     threads_per_worker: int | None = field(default=None, metadata={"help": "torch threads (default CPUs/workers)"})
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs Ray reserves per training worker"})
     max_failures: int = field(default=0, metadata={"help": "Ray Train restarts from the last checkpoint this often"})
     model_id: str | None = field(default=None, metadata={"help": "name recorded in meta.json and score rows"})
 
@@ -240,6 +243,18 @@ def load_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.O
 # ---------------------------------------------------------------- the driver
 
 
+def audio_stats(table: pa.Table, feature_dim: int) -> tuple[list[float] | None, list[float] | None]:
+    """Per-feature mean and std over every word vector of the training rows (None when there is no audio)."""
+    if not feature_dim:
+        return None, None
+    features = pc.list_flatten(pc.struct_field(pc.list_flatten(table.column("words")), "features"))
+    values = features.to_numpy(zero_copy_only=False).astype(np.float64)
+    if values.size == 0 or values.size % feature_dim:
+        return None, None
+    vectors = values.reshape(-1, feature_dim)  # (words, Da)
+    return vectors.mean(axis=0).tolist(), vectors.std(axis=0).tolist()
+
+
 def feature_info(*tables: pa.Table) -> tuple[str, int]:
     """(feature_set, feature_dim) shared by every row with audio; ("none", 0) for text-only data."""
     found = set()
@@ -268,9 +283,11 @@ def main(argv: list[str] | None = None) -> dict:
     # Audio-absent rows train with zero audio; a model that saw such rows may score them the same way.
     n_no_audio = train_table.num_rows - pc.sum(train_table.column("audio_present")).as_py()
     missing_audio = "zeros" if n_no_audio and feature_dim else "refuse"
+    mean, std = audio_stats(train_table, feature_dim) if cfg.audio_norm else (None, None)
     model_cfg = CMBertConfig(encoder=cfg.encoder, fusion=cfg.fusion, cls_audio=cfg.cls_audio,
                              audio_dim=max(feature_dim, 1), proj_dim=cfg.proj_dim, dropout=cfg.dropout,
-                             attention_dropout=cfg.attention_dropout, max_len=cfg.max_len)
+                             attention_dropout=cfg.attention_dropout, max_len=cfg.max_len,
+                             audio_mean=mean, audio_std=std)
     model_id = cfg.model_id or default_model_id(cfg)
     if cfg.batch_size % cfg.workers:
         raise SystemExit(f"--batch-size {cfg.batch_size} must be a multiple of --workers {cfg.workers}")
@@ -302,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    "run_id": run_id, "code_version": code_version(),
                                    "missing_audio": missing_audio},
                 scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
-                                                       resources_per_worker={"CPU": 1} | ({"GPU": 1} if cfg.gpu else {})),
+                                                       resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.gpu else {})),
                 run_config=ray.train.RunConfig(
                     name=f"seed-{seed}", storage_path=ray_storage.path,
                     storage_filesystem=out.fs if out.is_s3 else None,

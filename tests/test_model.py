@@ -100,3 +100,21 @@ def test_bad_config_rejected():
         CMBertConfig(fusion="late")
     with pytest.raises(ValueError):
         CMBertConfig(text_kernel=2)
+
+
+def test_audio_standardised_with_training_stats_and_paper_mode_still_deaf():
+    mean, std = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 2.0, 4.0, 4.0, 10.0]
+    model = make_model(cls_audio="mean", audio_mean=mean, audio_std=std)
+    ids, mask, audio = make_batch()
+    audio[1, 2] = 0.0  # a word-piece without audio stays exactly zero
+    scaled = model.standardise(audio)
+    real = audio.abs().sum(-1) > 0
+    expected = (audio - torch.tensor(mean)) / torch.tensor(std)
+    torch.testing.assert_close(scaled[real], expected[real])
+    assert (scaled[~real] == 0).all()
+    paper = make_model(cls_audio="zero", audio_mean=mean, audio_std=std)
+    ref = paper(input_ids=ids, attention_mask=mask, audio=audio).score
+    out = paper(input_ids=ids, attention_mask=mask, audio=torch.randn(B, T, DA) * 10).score
+    assert torch.equal(out, ref)
+    with pytest.raises(ValueError, match="audio_mean"):
+        CMBertConfig(audio_dim=4, audio_mean=mean)

@@ -158,7 +158,7 @@ def test_train_job_two_workers(ray_local, dataset, tmp_path):
     out = str(tmp_path / "model2")
     summary = train.main(["--train", dataset[0], "--dev", dataset[1], "--output", out, "--encoder",
                           tiny_encoder_dir(), "--epochs", "1", "--workers", "2", "--batch-size", "8",
-                          "--fusion", "none"])
+                          "--fusion", "none", "--cpus-per-worker", "0.5"])  # fits beside other tests' actors
     assert summary["seeds"][0]["best_epoch"] == 0
     assert load_checkpoint(out).config.fusion == "none"
 
