@@ -194,7 +194,7 @@ def in_process(ckpt: str, table, args, peaks: dict) -> dict:
     naive_rows = rows[:args.naive_rows]
     lengths = token_lengths(rows, lm.tokenizer, lm.config.max_len)
     fm = flop_model(lm.model)
-    from cmbert.scoring import length_buckets
+    from cmbert.collate import length_buckets
 
     padded = sum(len(b) * max(lengths[i] for i in b) for b in length_buckets(lengths, args.batch_size))
     out = {"checkpoint_load_s": load_s, "flop_model": fm, "rows": len(rows), "naive_rows": len(naive_rows),

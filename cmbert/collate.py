@@ -83,10 +83,14 @@ def token_lengths(rows: Sequence[dict], tokenizer, max_len: int) -> list[int]:
     return [len(ids) for ids in enc["input_ids"]]
 
 
-def length_buckets(rows: Sequence[dict], tokenizer, max_len: int, batch_size: int) -> list[list[int]]:
-    """Batches of row indices sorted by token length, so a batch pads little. Callers restore the order."""
-    lengths = token_lengths(rows, tokenizer, max_len)
-    order = sorted(range(len(rows)), key=lambda i: (lengths[i], i))
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped into batches of similar length (stable sort by length), so padding is small.
+
+    Every index appears exactly once; callers write results back by index, so input order is kept.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -101,12 +105,12 @@ def predict_rows(model, tokenizer, rows: Sequence[dict], max_len: int, audio_dim
     keep = set(keep_attention)
     scores = np.zeros(len(rows), dtype=np.float32)
     attention: dict[int, dict] = {}
-    for idx in length_buckets(rows, tokenizer, max_len, batch_size):
+    for idx in length_buckets(token_lengths(rows, tokenizer, max_len), batch_size):
         batch = collate([rows[i] for i in idx], tokenizer, max_len, audio_dim)
         out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                     audio=batch["audio"].to(device))
         scores[idx] = out.score.float().cpu().numpy()
-        for k, i in enumerate(idx):
+        for k, i in enumerate(idx.tolist()):
             if i in keep and out.w_m is not None:
                 n = int(batch["attention_mask"][k].sum())
                 attention[i] = {"input_ids": batch["input_ids"][k, :n].tolist(),

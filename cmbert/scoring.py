@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from cmbert.collate import length_buckets
 from schemas import SCORES_SCHEMA
 
 SCORE_MIN, SCORE_MAX = -3.0, 3.0
@@ -173,17 +174,6 @@ def plan_work(ids: Sequence[str], files: Sequence[str], audio_present: Sequence[
 
 
 # ---------------------------------------------------------------- length bucketing and one model pass
-
-
-def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Row indices grouped into batches of similar length (stable sort by length), so padding is small.
-
-    Every index appears exactly once; callers write results back by index, so input order is kept.
-    """
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @dataclass

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cmbert.collate import collate, length_buckets
+from cmbert.collate import collate, length_buckets, token_lengths
 from cmbert.model import load_tokenizer, CMBertConfig
 
 
@@ -59,5 +59,5 @@ def test_wrong_feature_size_is_an_error(tok):
 
 def test_length_buckets_sort_and_cover(tok):
     rows = [{"text": " ".join(["w"] * n), "words": []} for n in (5, 1, 9, 3, 7)]
-    buckets = length_buckets(rows, tok, max_len=50, batch_size=2)
-    assert buckets == [[1, 3], [0, 4], [2]]
+    buckets = length_buckets(token_lengths(rows, tok, max_len=50), batch_size=2)
+    assert [b.tolist() for b in buckets] == [[1, 3], [0, 4], [2]]

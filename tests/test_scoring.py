@@ -7,9 +7,10 @@ import pyarrow as pa
 import pytest
 import torch
 
+from cmbert.collate import length_buckets
 from cmbert.model import CMBertConfig
 from cmbert.scoring import (RESULT_SCHEMA, CheckpointMismatch, ModelAudio, Scorer, ScoreStamp, check_compatible,
-                            clip_score, keep_rows, label7, length_buckets, plan_work, polarity, score_records,
+                            clip_score, keep_rows, label7, plan_work, polarity, score_records,
                             score_rows, without_audio)
 from schemas import SCORES_SCHEMA
 
