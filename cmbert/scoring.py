@@ -351,7 +351,7 @@ class ScoreStage:
         paths = batch.column("path").to_pylist() if "path" in batch.column_names else None
         keep = keep_rows(paths, batch.column("utterance_id").to_pylist(), self.options.partial)
         if len(keep) < batch.num_rows:
-            batch = batch.take(keep)
+            batch = batch.take(pa.array(keep, pa.int64()))  # typed: an empty list would infer null
         rows = batch.select([c for c in INPUT_COLUMNS if c in batch.column_names]).to_pylist()
         if self.audio.text_only:
             rows = [without_audio(r) for r in rows]

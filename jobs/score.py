@@ -211,7 +211,7 @@ def collect(block: pa.Table, owned: set[str], writer: StagedWriter, tally: Tally
     keep = [i for i, u in enumerate(ids) if u not in owned and not owned.add(u)]
     if len(keep) < ok.num_rows:
         tally.n_dropped += ok.num_rows - len(keep)
-        ok = ok.take(keep)
+        ok = ok.take(pa.array(keep, pa.int64()))  # typed: an empty list would infer null
     tally.n_scored += ok.num_rows
     writer.add(ok)
 

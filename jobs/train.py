@@ -65,6 +65,8 @@ class TrainConfig:
     max_len: int = field(default=50, metadata={"help": "word-pieces per utterance, [CLS] and [SEP] included"})
     lr: float = field(default=2e-5, metadata={"help": "Adam learning rate of the encoder and the head"})
     fusion_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the masked multimodal attention"})
+    head_lr: float | None = field(default=None, metadata={"help": "learning rate of the regression head "
+                                                                 "(default: --lr, as the paper's BERT rate)"})
     label_column: str = field(default="label", metadata={"help": "column (or key of `extra`) with the target"})
     proj_dim: int = field(default=30, metadata={"help": "projection size of the masked multimodal attention"})
     audio_norm: bool = field(default=True, metadata={"help": "standardise word audio with the training set's "
@@ -150,7 +152,8 @@ def train_func(loop_config: dict, session=None) -> None:
     model.to(device)
     groups = model.param_groups()
     optimizer = torch.optim.Adam([g for g in (
-        {"params": groups["encoder"] + groups["head"], "lr": cfg.lr},
+        {"params": groups["encoder"], "lr": cfg.lr},
+        {"params": groups["head"], "lr": cfg.head_lr if cfg.head_lr is not None else cfg.lr},
         {"params": groups["fusion"], "lr": cfg.fusion_lr},
     ) if g["params"]])
 
