@@ -61,6 +61,20 @@ HEADLINES: dict[str, list[Figure]] = {
         Figure("Ray overhead vs batched", "ray/overhead_vs_batched", "%", 0),
         Figure("Ray time to first row (median)", "ray/time_to_first_row_s/median", " s"),
     ],
+    "ravdess": [
+        Figure("dev majority rate (non0)", "dev_majority/rate", digits=3),
+        Figure("T-BERT non0 acc2", "models/tbert/non0_acc2_mean", digits=3),
+        Figure("CM-BERT paper (cls zero) non0 acc2", "models/paper/non0_acc2_mean", digits=3),
+        Figure("CM-BERT variant (cls mean) non0 acc2", "models/variant/non0_acc2_mean", digits=3),
+        Figure("eGeMAPS functionals + logistic regression", "classical_baseline/non0_acc2", digits=3),
+    ],
+    "mosi": [
+        Figure("seeds run", "seeds_run", digits=0),
+        Figure("T-BERT non0 acc2 (dev)", "models/tbert/mean_std/non0_acc2/mean", digits=3),
+        Figure("T-BERT corr (dev)", "models/tbert/mean_std/corr/mean", digits=3),
+        Figure("CM-BERT non0 acc2 (dev)", "models/cmbert/mean_std/non0_acc2/mean", digits=3),
+        Figure("CM-BERT corr (dev)", "models/cmbert/mean_std/corr/mean", digits=3),
+    ],
 }
 
 
