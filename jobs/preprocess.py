@@ -25,8 +25,8 @@ from cmbert import storage
 from cmbert.cli import parse_config
 from cmbert.inputs import ManifestError, build_tasks, read_manifest
 from cmbert.pipeline import DIARIZERS, WORD_MODES, ClipParams
-from cmbert.runinfo import code_version, config_json, new_run_id, utc_now
-from schemas import REJECTS_SCHEMA, RUNS_SCHEMA, UTTERANCES_SCHEMA
+from cmbert.runinfo import code_version, config_json, new_run_id, utc_now, write_run_row
+from schemas import REJECTS_SCHEMA, UTTERANCES_SCHEMA
 
 
 @dataclass
@@ -159,7 +159,9 @@ def run(cfg: PreprocessConfig) -> Tally:
                     print(tally.line(), flush=True)
                     tally.last_print = now
     publisher.flush()
-    write_run_row(cfg, run_id, started, tally)
+    write_run_row(cfg.output, job="preprocess", status="succeeded", run_id=run_id, started=started, config=cfg,
+                  input=cfg.input or cfg.manifest or "", n_input=tally.tasks, n_output=tally.utterances,
+                  n_rejected=tally.rejects, n_skipped=tally.skipped, audio_seconds=tally.audio_seconds)
     return tally
 
 
@@ -190,18 +192,6 @@ def struct_rows(block: pa.Table, column: str, rows: list[int]) -> pa.RecordBatch
     if not rows:
         return None
     return pa.RecordBatch.from_struct_array(block.column(column).take(pa.array(rows, pa.int64())).combine_chunks())
-
-
-def write_run_row(cfg: PreprocessConfig, run_id: str, started, tally: Tally) -> None:
-    finished = utc_now()
-    row = {
-        "run_id": run_id, "job": "preprocess", "status": "succeeded", "started_at": started, "finished_at": finished,
-        "duration_s": (finished - started).total_seconds(), "input": cfg.input or cfg.manifest or "",
-        "output": cfg.output, "n_input": tally.tasks, "n_output": tally.utterances, "n_rejected": tally.rejects,
-        "n_skipped": tally.skipped, "audio_seconds": tally.audio_seconds, "model_version": None,
-        "code_version": code_version(), "config_json": config_json(cfg),
-    }
-    storage.write_table(pa.Table.from_pylist([row], schema=RUNS_SCHEMA), f"{cfg.output}/runs", RUNS_SCHEMA)
 
 
 def main(argv: list[str] | None = None) -> int:

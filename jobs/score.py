@@ -34,10 +34,10 @@ import pyarrow.parquet as pq
 
 from cmbert import storage
 from cmbert.cli import parse_config
-from cmbert.runinfo import code_version, config_json, new_run_id, utc_now
+from cmbert.runinfo import new_run_id, utc_now, write_run_row
 from cmbert.scoring import (INPUT_COLUMNS, PARTITION_COLUMNS, CheckpointMismatch, ModelAudio, ScoreStamp,
                             StageOptions, WorkPlan, check_compatible, plan_work)
-from schemas import RUNS_SCHEMA, SCORES_SCHEMA
+from schemas import SCORES_SCHEMA
 
 
 @dataclass
@@ -247,9 +247,9 @@ def run(cfg: ScoreConfig) -> Tally:
         writer.publish()
     except BaseException:
         writer.discard()
-        write_run_row(cfg, run_id, started, tally, info.model_version, "failed")
+        record_run(cfg, run_id, started, tally, info.model_version, "failed")
         raise
-    write_run_row(cfg, run_id, started, tally, info.model_version, "succeeded")
+    record_run(cfg, run_id, started, tally, info.model_version, "succeeded")
     return tally
 
 
@@ -301,18 +301,13 @@ def parse_date(text: str) -> str:
         raise ConfigError(f"--score-date {text!r} is not a date YYYY-MM-DD") from None
 
 
-def write_run_row(cfg: ScoreConfig, run_id: str, started, tally: Tally, model_version: str | None,
-                  status: str) -> None:
-    finished = utc_now()
-    row = {
-        "run_id": run_id, "job": "score", "status": status, "started_at": started, "finished_at": finished,
-        "duration_s": (finished - started).total_seconds(), "input": cfg.input, "output": cfg.output,
-        "n_input": tally.n_input, "n_output": tally.n_scored if status == "succeeded" else 0,
-        "n_rejected": tally.n_rejected, "n_skipped": tally.n_skipped, "audio_seconds": 0.0,
-        "model_version": model_version, "code_version": code_version(), "config_json": config_json(cfg),
-    }
+def record_run(cfg: ScoreConfig, run_id: str, started, tally: Tally, model_version: str | None,
+               status: str) -> None:
     try:
-        storage.write_table(pa.Table.from_pylist([row], schema=RUNS_SCHEMA), f"{cfg.output}/runs", RUNS_SCHEMA)
+        write_run_row(cfg.output, job="score", status=status, run_id=run_id, started=started, config=cfg,
+                      input=cfg.input, n_input=tally.n_input,
+                      n_output=tally.n_scored if status == "succeeded" else 0, n_rejected=tally.n_rejected,
+                      n_skipped=tally.n_skipped, model_version=model_version)
     except storage.StorageError as exc:
         if status == "succeeded":
             raise

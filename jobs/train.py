@@ -40,8 +40,8 @@ from cmbert.cli import parse_config
 from cmbert.collate import collate, predict_rows, read_utterances
 from cmbert.metrics import aggregate, json_safe, regression_metrics
 from cmbert.model import MINILM, CMBertConfig, build_model, load_tokenizer
-from cmbert.runinfo import code_version, config_json, new_run_id, utc_now
-from schemas import RUNS_SCHEMA
+from cmbert.runinfo import code_version, new_run_id, utc_now, write_run_row
+
 
 TRAIN_STATE_FILES = ("optimizer.safetensors", "train_state.json")  # in Ray's epoch checkpoints, not published
 
@@ -375,16 +375,12 @@ def _write_json(loc: storage.Location, data: dict) -> None:
 
 
 def _write_run_row(cfg, run_id, started, status, train_table, n_unlabelled, n_output, model_version) -> None:
-    finished = utc_now()
     spans = [(e - s) for s, e in zip(train_table.column("start").to_pylist(), train_table.column("end").to_pylist())
              if s is not None and e is not None] if "start" in train_table.column_names else []
-    row = {"run_id": run_id, "job": "train", "status": status, "started_at": started, "finished_at": finished,
-           "duration_s": (finished - started).total_seconds(), "input": cfg.train, "output": cfg.output,
-           "n_input": train_table.num_rows + n_unlabelled, "n_output": n_output, "n_rejected": n_unlabelled,
-           "n_skipped": 0, "audio_seconds": float(sum(spans)), "model_version": model_version,
-           "code_version": code_version(), "config_json": config_json(cfg)}
     try:
-        storage.write_table(pa.Table.from_pylist([row]), storage.locate(cfg.output).join("runs").uri, RUNS_SCHEMA)
+        write_run_row(cfg.output, job="train", status=status, run_id=run_id, started=started, config=cfg,
+                      input=cfg.train, n_input=train_table.num_rows + n_unlabelled, n_output=n_output,
+                      n_rejected=n_unlabelled, n_skipped=0, audio_seconds=sum(spans), model_version=model_version)
     except Exception as exc:  # never hide the training error behind a bookkeeping one
         print(f"warning: could not write the run row: {exc}", file=sys.stderr)
 
