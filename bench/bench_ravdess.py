@@ -103,7 +103,7 @@ def train_and_evaluate(name: str, args, split: dict, extra: list[str], reuse: bo
     summary = train_job.main(train_argv)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = evaluate_job.main(eval_argv)
+    evaluate_job.main(eval_argv)  # writes the metrics JSON read below
     eval_s = time.perf_counter() - t0
     timing = {"train_argv": train_argv, "eval_argv": eval_argv, "train_s": train_s, "eval_s": eval_s,
               "best_epochs": [s["best_epoch"] for s in summary["seeds"]],
