@@ -152,6 +152,32 @@ def seed_checkpoints(uri: str) -> list[str]:
     return [uri]
 
 
+def verify_checkpoint(uri: str) -> dict:
+    """Check, without loading the model, that every file meta.json lists is there, whole and unchanged (size and
+    sha256); returns the meta. For a job's driver: a damaged checkpoint is refused in one line before any work,
+    instead of failing inside every worker that loads it. ``uri`` is one checkpoint, not a multi-seed output."""
+    meta = read_meta(uri)
+    src = locate(uri)
+    for name, info in sorted(meta.get("files", {}).items()):
+        loc = src.join(name)
+        digest, size = hashlib.sha256(), 0
+        try:
+            with loc.fs.open_input_stream(loc.path) as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+                    size += len(block)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {uri} is incomplete: {loc.uri} is missing") from None
+        except OSError as exc:
+            raise CheckpointError(str(explain(exc, loc.uri, "read"))) from None
+        if size != info["bytes"]:
+            raise CheckpointError(f"checkpoint {uri} is corrupt: {loc.uri} has {size} bytes, "
+                                  f"meta.json says {info['bytes']} (truncated or overwritten)")
+        if digest.hexdigest() != info["sha256"]:
+            raise CheckpointError(f"checkpoint {uri} is corrupt: {loc.uri} does not match the sha256 in meta.json")
+    return meta
+
+
 def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a checkpoint (the best seed of a multi-seed output) in eval mode. No pretrained weights needed."""
     meta = read_meta(uri)

@@ -61,19 +61,21 @@ def collate(rows: list[dict], tokenizer, max_len: int, audio_dim: int) -> dict[s
 
 def _word_vectors(row: dict, audio_dim: int) -> np.ndarray | None:
     """(n_words, audio_dim) float32 with zero rows for words without features; None when no word has any."""
-    words = row.get("words") or []
-    if not any(w.get("features") is not None for w in words):
+    feats = [w.get("features") for w in row.get("words") or []]
+    have = [j for j, f in enumerate(feats) if f is not None]
+    if not have:
         return None
-    out = np.zeros((len(words), audio_dim), dtype=np.float32)
-    for j, w in enumerate(words):
-        f = w.get("features")
-        if f is None:
-            continue
-        f = np.asarray(f, dtype=np.float32)
-        if f.shape != (audio_dim,):
-            raise ValueError(f"word {j} ({w.get('word')!r}) has {f.size} audio features, the model expects "
-                             f"{audio_dim}: the utterances were made with another feature set")
-        out[j] = np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
+    try:  # one conversion for the whole row: per-word numpy calls were half of collation's time
+        vectors = np.asarray([feats[j] for j in have], dtype=np.float32)  # (n_with, Da)
+    except ValueError:  # ragged: some word's vector has another length
+        vectors = None
+    if vectors is None or vectors.shape != (len(have), audio_dim):
+        j = next(j for j in have if np.asarray(feats[j]).size != audio_dim)
+        raise ValueError(f"word {j} ({row['words'][j].get('word')!r}) has {np.asarray(feats[j]).size} audio "
+                         f"features, the model expects {audio_dim}: the utterances were made with another "
+                         "feature set")
+    out = np.zeros((len(feats), audio_dim), dtype=np.float32)
+    out[have] = np.nan_to_num(vectors, nan=0.0, posinf=0.0, neginf=0.0)
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+import re
 
 import polars as pl
 import pyarrow.fs as pafs
@@ -41,10 +42,20 @@ def read_manifest(uri: str) -> pl.DataFrame:
 
             df = pl.read_parquet(io.BytesIO(data))
             return df.with_columns(pl.all().cast(pl.String))
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4096]:
+            raise ManifestError(f"manifest {uri} is malformed: not UTF-8 text (binary, or UTF-16: "
+                                "save it as UTF-8)")
         sep = "\t" if uri.lower().endswith((".tsv", ".tab")) else ","
-        return pl.read_csv(data, separator=sep, infer_schema=False, quote_char='"')
+        df = pl.read_csv(data, separator=sep, infer_schema=False, quote_char='"')
+    except ManifestError:
+        raise
     except Exception as exc:  # polars raises several exception types for malformed files
         raise ManifestError(f"manifest {uri} is malformed: {str(exc).splitlines()[0]}") from None
+    for name in df.columns:  # polars renames a repeated header to NAME_duplicated_N
+        base = re.fullmatch(r"(.*)_duplicated_\d+", name)
+        if base and base.group(1) in df.columns:
+            raise ManifestError(f"manifest {uri} is malformed: column {base.group(1)!r} appears more than once")
+    return df
 
 
 def list_media(input_uri: str) -> list[str]:

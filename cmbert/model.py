@@ -28,6 +28,10 @@ class CMBertConfig:
     encoder_config: dict | None = None
     fusion: str = "cmbert"  # cmbert | none (none = T-BERT: the encoder's [CLS] -> linear)
     cls_audio: str = "zero"  # zero: paper, audio cannot reach the score | mean: mean word audio at [CLS]
+    # Ours, off in the paper: the attention's values carry the audio too, X_att = W_m (X_t + A V_a), so the
+    # voice reaches [CLS] as content, not only as attention weights over text vectors. V_a starts at zero:
+    # an untrained model is exactly the paper's.
+    audio_values: bool = False
     audio_dim: int = 25  # Da; eGeMAPSv02 LLDs are 25. Set from the data by the training job.
     proj_dim: int = 30  # D: both modalities are projected to 30 in the authors' code
     text_kernel: int = 1  # Conv1D kernel sizes (odd). >1 lets neighbouring audio leak into [CLS].
@@ -104,6 +108,8 @@ class MaskedMultimodalAttention(nn.Module):
         self.w_a = nn.Parameter(torch.ones(1))
         self.b = nn.Parameter(torch.zeros(1))
         self.attention_dropout = nn.Dropout(config.attention_dropout)
+        # (H, Da), zeros, created without drawing random numbers: a seed gives the paper's weights either way.
+        self.value_a = nn.Parameter(torch.zeros(hidden_size, config.audio_dim)) if config.audio_values else None
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.dropout = nn.Dropout(config.dropout)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -128,7 +134,10 @@ class MaskedMultimodalAttention(nn.Module):
         w_f = w_f.masked_fill(~valid.unsqueeze(1), self.config.mask_value)  # (B, T, T), mask broadcast (B, 1, T)
         w_m = torch.softmax(w_f, dim=-1)  # (B, T, T)
 
-        x_att = self.attention_dropout(w_m) @ x_t  # (B, T, T) @ (B, T, H) -> (B, T, H), eq. 8
+        values = x_t  # (B, T, H)
+        if self.value_a is not None:  # ours: audio content in the values; zero audio (padding, [CLS]) adds 0
+            values = x_t + F.linear(audio * keep, self.value_a)  # (B, T, Da) -> (B, T, H)
+        x_att = self.attention_dropout(w_m) @ values  # (B, T, T) @ (B, T, H) -> (B, T, H), eq. 8
         # Residual, linear, LayerNorm, in the authors' order: LayerNorm(dropout(dense(X_att + X_t))).
         hidden = self.layer_norm(self.dropout(self.dense(x_att + x_t)))  # (B, T, H)
         return hidden, alpha_t, beta_a, w_m

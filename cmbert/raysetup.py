@@ -43,12 +43,13 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
-AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-           "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+# Non-secret settings only. Credentials never go into a runtime_env: Ray writes its variables verbatim to
+# runtime_env_agent.log. Jobs hand actors a ready S3 filesystem object instead (tests/test_reliability_inputs.py).
+AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
 
 
 def worker_runtime_env() -> dict:
-    """The driver's AWS settings for the workers it starts (a cluster's raylets may not have them).
+    """The driver's non-secret AWS settings for the workers it starts (a cluster's raylets may not have them).
 
     Only variables that are set are forwarded; on a cluster with instance roles none are needed.
     """

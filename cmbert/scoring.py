@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from cmbert.collate import length_buckets
+from cmbert.faults import kill_point
 from schemas import SCORES_SCHEMA
 
 SCORE_MIN, SCORE_MAX = -3.0, 3.0
@@ -92,8 +93,10 @@ class ModelAudio:
 
 
 def audio_cannot_change_score(config) -> bool:
-    """CM-BERT with zero audio at [CLS] and kernel-1, bias-free projections: audio never reaches the score."""
-    return (getattr(config, "cls_audio", None) == "zero" and getattr(config, "text_kernel", 0) == 1
+    """CM-BERT with zero audio at [CLS], kernel-1, bias-free projections and no audio in the attention's values:
+    audio never reaches the score."""
+    return (getattr(config, "cls_audio", None) == "zero" and not getattr(config, "audio_values", True)
+            and getattr(config, "text_kernel", 0) == 1
             and getattr(config, "audio_kernel", 0) == 1 and getattr(config, "proj_bias", True) is False)
 
 
@@ -188,12 +191,14 @@ class Scorer:
     device: str = "cpu"
     batch_size: int = 32
     lengths: Callable | None = None  # lengths(rows, tokenizer, max_len) -> word-pieces per row
+    precision: str = "fp32"  # bf16: autocast the matmuls (GPUs; CPUs with native bf16)
 
     def forward(self, rows: list[dict]) -> np.ndarray:
         import torch
 
         batch = self.collate(rows, self.tokenizer, self.max_len, self.audio_dim)
-        with torch.inference_mode():
+        device_type = torch.device(self.device).type
+        with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=self.precision == "bf16"):
             out = self.model(input_ids=batch["input_ids"].to(self.device),
                              attention_mask=batch["attention_mask"].to(self.device),
                              audio=batch["audio"].to(self.device))
@@ -322,6 +327,7 @@ class StageOptions:
     device: str = "cpu"
     batch_size: int = 32
     torch_threads: int = 1
+    precision: str = "fp32"
 
 
 class ScoreStage:
@@ -345,7 +351,7 @@ class ScoreStage:
         lm.model.to(options.device).eval()
         self.audio = ModelAudio.from_meta(lm.meta, lm.config)
         self.scorer = Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate,
-                             options.device, options.batch_size, token_lengths)
+                             options.device, options.batch_size, token_lengths, options.precision)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         paths = batch.column("path").to_pylist() if "path" in batch.column_names else None
@@ -359,5 +365,6 @@ class ScoreStage:
         rows = [r for r in rows if scorable(self.audio, r["audio_present"], r["feature_set"]) is None]
         scores, errors = score_rows(rows, self.scorer) if rows else (np.zeros(0, np.float32), [])
         now = dt.datetime.now(dt.timezone.utc)
+        kill_point("score")  # tests only: inert unless CMBERT_TEST_KILL is set (cmbert/faults.py)
         return pa.Table.from_pylist(score_records(rows, scores, errors, self.options.stamp, now),
                                     schema=RESULT_SCHEMA)

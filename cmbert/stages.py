@@ -15,10 +15,15 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from cmbert.faults import kill_point
 from cmbert.manifest import Clip, Reject, StageError, content_id, source_id, task_id, text_id
 from cmbert.pipeline import ClipModels, ClipParams, process_clip, text_utterance
 from schemas import REJECTS_SCHEMA, UTTERANCES_SCHEMA
 
+# Rejects at this stage (a file that exists but could not be read: storage unreachable, access denied) are
+# not final: the next run tries the file again (jobs/preprocess.py done_tasks). All other rejects are final
+# unless --retry-rejects.
+RETRIED_STAGE = "io"
 UTTERANCE_TYPE = pa.struct(list(UTTERANCES_SCHEMA))
 REJECT_TYPE = pa.struct(list(REJECTS_SCHEMA))
 RESULT_SCHEMA = pa.schema(
@@ -38,17 +43,21 @@ class ModelChoice:
 
     features: str = "egemaps"
     asr_model: str | None = None  # faster-whisper size or path; None = bundled tiny.en
+    feature_model: str | None = None  # whisper features: CTranslate2 whisper path; None = bundled tiny.en
     diarizer_model: str | None = None  # pyannote pipeline path or hub id
     device: str = "cpu"
 
 
 class ClipStage:
     def __init__(self, input_uri: str | None, params: ClipParams, models: ModelChoice, done: frozenset[str],
-                 run_id: str, created_at, torch_threads: int = 1):
+                 run_id: str, created_at, torch_threads: int = 1, input_fs=None):
+        """``input_fs``: the input's pyarrow filesystem as the driver resolved it. It pickles with its endpoint
+        and credentials, so actors need no AWS environment (a Ray runtime_env's env_vars end up in Ray's logs)."""
         import torch
 
         torch.set_num_threads(torch_threads)  # one actor per core: no oversubscription
         self.input_uri = input_uri
+        self.input_fs = input_fs
         self.params = params
         self.choice = models
         self.done = done
@@ -62,7 +71,8 @@ class ClipStage:
         from cmbert.audio import diarize, features, vad, words
 
         if self._models is None:
-            self._models = ClipModels(vad=vad.load_vad(), features=features.load_features(self.choice.features))
+            self._models = ClipModels(vad=vad.load_vad(), features=features.load_features(
+                self.choice.features, model_path=self.choice.feature_model, device=self.choice.device))
             if self.params.diarizer == "auto":
                 self._models.speaker_encoder = diarize.load_speaker_encoder(device=self.choice.device)
             elif self.params.diarizer == "pyannote":
@@ -79,7 +89,7 @@ class ClipStage:
 
         if self._fs is None:
             loc = locate(self.input_uri)
-            self._fs, self._root = loc.fs, loc.path
+            self._fs, self._root = self.input_fs or loc.fs, loc.path
         with self._fs.open_input_file(posixpath.join(self._root, rel)) as f:
             return f.read()
 
@@ -89,6 +99,7 @@ class ClipStage:
         for i in range(len(batch["source"])):
             task = {k: batch[k][i] for k in batch}
             rows.extend(self.run_task(task))
+        kill_point("preprocess")  # tests only: inert unless CMBERT_TEST_KILL is set (cmbert/faults.py)
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
 
     def run_task(self, task: dict) -> list[dict]:
@@ -135,10 +146,12 @@ class ClipStage:
         except FileNotFoundError:
             sid = source_id(task["source"])
             return Reject(task_id(sid, start, end), sid, task["source"], "read", "file does not exist")
-        except OSError as exc:
+        except OSError as exc:  # storage trouble (S3 down, network, permissions): the next run tries again
+            from cmbert.storage import explain
+
             sid = source_id(task["source"])
-            reason = f"cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            return Reject(task_id(sid, start, end), sid, task["source"], "read", reason[:300])
+            reason = str(explain(exc, f"{self.input_uri.rstrip('/')}/{task['source']}", "read"))
+            return Reject(task_id(sid, start, end), sid, task["source"], RETRIED_STAGE, reason[:300])
         cid = content_id(self._data)
         return Clip(cid, task["source"], task["text"] or None, label, start, end, extra)
 

@@ -21,7 +21,7 @@ except ImportError:  # run from a Ray working dir without the package installed
 
 import pyarrow as pa
 
-from cmbert import storage
+from cmbert import faults, storage
 from cmbert.cli import parse_config
 from cmbert.inputs import ManifestError, build_tasks, read_manifest
 from cmbert.pipeline import DIARIZERS, WORD_MODES, ClipParams
@@ -43,8 +43,10 @@ class PreprocessConfig:
     num_speakers: int | None = field(default=None, metadata={"help": "fix the speaker count (default: automatic)"})
     words: str = field(default="auto", metadata={"choices": WORD_MODES, "help": "align a known transcript, or ASR"})
     asr_model: str | None = field(default=None, metadata={"help": "faster-whisper size or path (default: bundled tiny.en)"})
-    features: str = field(default="egemaps", metadata={"choices": ("egemaps", "compare", "mfcc"),
+    features: str = field(default="egemaps", metadata={"choices": ("egemaps", "compare", "mfcc", "whisper"),
                                                        "help": "word-level acoustic features"})
+    feature_model: str | None = field(default=None, metadata={"help": "whisper features: a CTranslate2 whisper "
+                                                                      "directory (default: bundled tiny.en)"})
     max_clip_seconds: float = field(default=3 * 3600.0, metadata={"help": "longer clips are rejected"})
     actors: int | None = field(default=None, metadata={"help": "clip workers (default: one per CPU / GPU)"})
     gpu: bool = field(default=False, metadata={"help": "give each worker a GPU (ASR, speaker embeddings)"})
@@ -97,11 +99,16 @@ class Publisher:
 
 
 def done_tasks(output: str, retry_rejects: bool = False) -> frozenset[str]:
-    """Task ids an earlier run finished: those with utterances, and (unless retried) those with a reject row.
-    The rejects table is a log of attempts: a retried task that now succeeds keeps its old reject rows."""
+    """Task ids an earlier run finished: those with utterances, and (unless retried) those with a final reject
+    row. A file that could not be read (stage ``io``: storage down, access denied) is not final: it is tried
+    again. The rejects table is a log of attempts: a retried task that now succeeds keeps its old reject rows."""
+    from cmbert.stages import RETRIED_STAGE
+
     done = storage.distinct_values(f"{output}/utterances", "task_id", UTTERANCES_SCHEMA)
     if not retry_rejects:
-        done |= storage.distinct_values(f"{output}/rejects", "task_id", REJECTS_SCHEMA)
+        rejects = storage.read_table(f"{output}/rejects", REJECTS_SCHEMA, columns=["task_id", "stage"])
+        done |= {t for t, stage in zip(rejects.column("task_id").to_pylist(), rejects.column("stage").to_pylist())
+                 if stage != RETRIED_STAGE}
     return frozenset(done)
 
 
@@ -132,18 +139,24 @@ def run(cfg: PreprocessConfig) -> Tally:
         init_ray()
         params = ClipParams(diarizer=cfg.diarizer, words=cfg.words, max_clip_seconds=cfg.max_clip_seconds,
                             num_speakers=cfg.num_speakers)
-        choice = ModelChoice(features=cfg.features, asr_model=cfg.asr_model, diarizer_model=cfg.diarizer_model,
+        choice = ModelChoice(features=cfg.features, feature_model=cfg.feature_model, asr_model=cfg.asr_model,
+                             diarizer_model=cfg.diarizer_model,
                              device="cuda" if cfg.gpu else "cpu")
         actors = cfg.actors or max(1, int(cluster_cpus()))
         resources = {"num_gpus": 1} if cfg.gpu else {"num_cpus": 0.5}  # fractional: 2 actors on 2 CPUs, no deadlock
-        if worker_runtime_env():
-            resources["runtime_env"] = worker_runtime_env()
+        # Never credentials in a runtime_env: Ray logs its env_vars (runtime_env_agent.log) and shows them in the
+        # dashboard. The actors read the input through the filesystem passed to them (it carries the credentials).
+        env_vars = worker_runtime_env().get("env_vars", {})  # never credentials (cmbert/raysetup.py)
+        env_vars |= faults.worker_env()  # tests only
+        if env_vars:
+            resources["runtime_env"] = {"env_vars": env_vars}
         ray.data.DataContext.get_current().enable_progress_bars = False  # we print our own progress line
         ds = ray.data.from_items(tasks_for_ray(tasks), override_num_blocks=min(len(tasks), 200))
         results = ds.map_batches(
             ClipStage,
             fn_constructor_kwargs={"input_uri": cfg.input, "params": params, "models": choice, "done": done,
-                                   "run_id": run_id, "created_at": started},
+                                   "run_id": run_id, "created_at": started,
+                                   "input_fs": storage.locate(cfg.input).fs if storage.is_s3(cfg.input) else None},
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),

@@ -1,8 +1,11 @@
 """Train: utterances -> CM-BERT checkpoints (Ray Train, DDP), one per seed, plus a summary over seeds.
 
     python jobs/train.py --train URI --dev URI --output DIR_OR_S3_URI [--encoder PATH] [--fusion cmbert|none]
-        [--cls-audio zero|mean] [--seeds N] [--epochs 3] [--workers N] [--gpu] [--batch-size 24] [--max-len 50]
-        [--lr 2e-5] [--fusion-lr 0.01] [--label-column label]
+        [--cls-audio mean|zero] [--audio-values|--no-audio-values] [--seeds N] [--epochs 3] [--workers N] [--gpu]
+        [--precision fp32|bf16] [--batch-size 24] [--max-len 50] [--lr 2e-5] [--fusion-lr 1e-3] [--label-column label]
+
+Defaults train our hearing variant (audio at [CLS] and in the fusion attention's values); the paper's CM-BERT,
+whose score cannot depend on the audio, is ``--cls-audio zero --no-audio-values --fusion-lr 0.01``.
 
 OUTPUT gets seed-N/ (the epoch with the lowest dev loss of each seed), meta.json (names the best seed, so
 OUTPUT itself loads with cmbert.checkpoint.load_checkpoint), summary.json (dev metrics per seed, mean and
@@ -55,16 +58,22 @@ class TrainConfig:
     output: str = field(metadata={"help": "output folder or s3:// URI"})
     encoder: str = field(default=MINILM, metadata={"help": "BERT directory or hub id; 'minilm' = the bundled MiniLM"})
     fusion: str = field(default="cmbert", metadata={"choices": ("cmbert", "none"), "help": "none = T-BERT"})
-    cls_audio: str = field(default="zero", metadata={"choices": ("zero", "mean"),
-                                                     "help": "zero = paper (audio cannot reach the score)"})
+    # Defaults: our hearing variant. The paper's model: --cls-audio zero --no-audio-values --fusion-lr 0.01.
+    cls_audio: str = field(default="mean", metadata={"choices": ("zero", "mean"),
+                                                     "help": "audio vector at [CLS]: zero = paper, mean = of its words"})
+    audio_values: bool = field(default=True, metadata={"help": "ours: the fusion attention's values carry the "
+                                                               "word audio too, so the voice reaches the score"})
     seeds: int = field(default=1, metadata={"help": "train this many seeds (1, 11, 111, ... as the authors)"})
     epochs: int = field(default=3, metadata={"help": "passes over the training set"})
     workers: int = field(default=1, metadata={"help": "Ray Train DDP workers"})
     gpu: bool = field(default=False, metadata={"help": "one GPU per worker (NCCL); else CPU (gloo)"})
     batch_size: int = field(default=24, metadata={"help": "global batch size, split across workers"})
     max_len: int = field(default=50, metadata={"help": "word-pieces per utterance, [CLS] and [SEP] included"})
+    precision: str = field(default="fp32", metadata={"choices": ("fp32", "bf16"),
+                                                     "help": "bf16: autocast forward and loss (GPUs)"})
     lr: float = field(default=2e-5, metadata={"help": "Adam learning rate of the encoder and the head"})
-    fusion_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the masked multimodal attention"})
+    fusion_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the masked multimodal attention "
+                                                            "(paper: 0.01, which diverges here: see README)"})
     head_lr: float | None = field(default=None, metadata={"help": "learning rate of the regression head "
                                                                  "(default: --lr, as the paper's BERT rate)"})
     label_column: str = field(default="label", metadata={"help": "column (or key of `extra`) with the target"})
@@ -182,8 +191,10 @@ def train_func(loop_config: dict, session=None) -> None:
             rows = [train_rows[i] for i in global_batch[rank::world]]
             batch = {k: v.to(device) for k, v in collate(rows, tokenizer, cfg.max_len, audio_dim).items()}
 
-            out = ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], audio=batch["audio"])
-            loss = F.mse_loss(out.score, batch["labels"])
+            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                out = ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                audio=batch["audio"])
+            loss = F.mse_loss(out.score.float(), batch["labels"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over workers here
             optimizer.step()
@@ -271,7 +282,8 @@ def feature_info(*tables: pa.Table) -> tuple[str, int]:
 
 def default_model_id(cfg: TrainConfig) -> str:
     encoder = "minilm-l6" if cfg.encoder == MINILM else os.path.basename(cfg.encoder.rstrip("/")) or cfg.encoder
-    return f"cmbert-{cfg.fusion}" + (f"-{cfg.cls_audio}" if cfg.fusion == "cmbert" else "") + f"-{encoder}"
+    fusion = f"-{cfg.cls_audio}" + ("-values" if cfg.audio_values else "") if cfg.fusion == "cmbert" else ""
+    return f"cmbert-{cfg.fusion}{fusion}-{encoder}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -288,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     missing_audio = "zeros" if n_no_audio and feature_dim else "refuse"
     mean, std = audio_stats(train_table, feature_dim) if cfg.audio_norm else (None, None)
     model_cfg = CMBertConfig(encoder=cfg.encoder, fusion=cfg.fusion, cls_audio=cfg.cls_audio,
+                             audio_values=cfg.audio_values,
                              audio_dim=max(feature_dim, 1), proj_dim=cfg.proj_dim, dropout=cfg.dropout,
                              attention_dropout=cfg.attention_dropout, max_len=cfg.max_len,
                              audio_mean=mean, audio_std=std)

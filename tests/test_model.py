@@ -118,3 +118,29 @@ def test_audio_standardised_with_training_stats_and_paper_mode_still_deaf():
     assert torch.equal(out, ref)
     with pytest.raises(ValueError, match="audio_mean"):
         CMBertConfig(audio_dim=4, audio_mean=mean)
+
+
+def test_audio_values_start_as_the_paper_and_then_hear():
+    paper = make_model(cls_audio="zero")
+    values = make_model(cls_audio="zero", audio_values=True)
+    ids, mask, audio = make_batch()
+    ref = paper(input_ids=ids, attention_mask=mask, audio=audio).score
+    # V_a starts at zero and draws no random numbers: an untrained variant is the paper's model, bit for bit
+    assert torch.equal(values(input_ids=ids, attention_mask=mask, audio=audio).score, ref)
+    with torch.no_grad():
+        values.fusion.value_a.normal_(std=0.1)  # as after training
+    heard = values(input_ids=ids, attention_mask=mask, audio=audio).score
+    noise = values(input_ids=ids, attention_mask=mask, audio=torch.randn(B, T, DA) * mask[..., None]).score
+    assert not torch.allclose(heard, noise)  # the voice reaches [CLS] as content of the attended values
+    silent = values(input_ids=ids, attention_mask=mask, audio=torch.zeros(B, T, DA)).score
+    assert torch.equal(silent, ref)  # audio absent (MOSI text): exactly the paper's score
+    assert any(p is values.fusion.value_a for p in values.param_groups()["fusion"])
+
+
+def test_which_configs_cannot_hear():
+    from cmbert.scoring import audio_cannot_change_score
+
+    assert audio_cannot_change_score(CMBertConfig(cls_audio="zero"))
+    assert not audio_cannot_change_score(CMBertConfig(cls_audio="zero", audio_values=True))
+    assert not audio_cannot_change_score(CMBertConfig(cls_audio="mean"))
+    assert not audio_cannot_change_score(CMBertConfig(cls_audio="zero", audio_kernel=3))

@@ -180,3 +180,32 @@ def test_evaluate_several_seeds(dataset, tmp_path):
                                         str(tmp_path / "m.json")])
     assert [s["seed"] for s in result["per_seed"]] == [1, 11]
     assert result["mean_std"]["mae"]["n"] == 2 and result["mean_std"]["mae"]["std"] > 0
+
+
+def test_train_and_evaluate_on_s3(ray_local, dataset, s3_env, s3_server, tmp_path):
+    """Utterances read from s3://, checkpoints (Ray Train's and the published ones) written to s3://, then
+    evaluated from s3://: the same contract as on local paths."""
+    import pyarrow.fs as pafs
+
+    from cmbert import storage
+    from schemas import UTTERANCES_SCHEMA
+
+    bucket = s3_env
+    train_uri, dev_uri = f"s3://{bucket}/data/train", f"s3://{bucket}/data/dev"
+    for local, uri in zip(dataset, (train_uri, dev_uri)):
+        storage.write_table(storage.read_table(local, UTTERANCES_SCHEMA), uri, UTTERANCES_SCHEMA)
+    out = f"s3://{bucket}/models/tiny"
+    summary = load_job("train").main(["--train", train_uri, "--dev", dev_uri, "--output", out, "--encoder",
+                                      tiny_encoder_dir(), "--epochs", "1", "--workers", "1", "--batch-size", "8"])
+    keys = s3_server.list_keys(bucket, "models/tiny/")
+    assert "models/tiny/meta.json" in keys and "models/tiny/summary.json" in keys
+    assert any(k.startswith("models/tiny/seed-1/") and k.endswith("model.safetensors") for k in keys)
+    assert any(k.startswith("models/tiny/runs/") for k in keys)
+    lm = load_checkpoint(out)
+    assert lm.config.audio_values and lm.config.cls_audio == "mean"  # the job's defaults: the hearing variant
+    assert lm.meta["model_version"] == summary["seeds"][0]["model_version"]
+    result = load_job("evaluate").main(["--checkpoint", out, "--data", dev_uri, "--output",
+                                        str(tmp_path / "m.json")])
+    assert result["n_rows"] == 12
+    assert result["per_seed"][0]["metrics"]["mae"] == pytest.approx(summary["seeds"][0]["dev"]["mae"], rel=1e-5)
+    assert isinstance(storage.locate(out).fs, pafs.S3FileSystem)

@@ -11,6 +11,9 @@ Backends (``load_features(name)``):
   compare  openSMILE ComParE_2016 LLDs, 65 dims, 10 ms hop (same licence)
   mfcc     permissive (ISC librosa + numpy): 13 MFCCs, log F0 (YIN), log RMS energy, zero-crossing
            rate: 16 dims, 10 ms hop
+  whisper  permissive (MIT): the output of whisper's audio encoder (bundled tiny.en: 384 dims, 20 ms hop),
+           a learned representation that carries far more of the voice's affect than the LLDs
+           (bench/bench_ravdess.py: binary valence on unseen speakers)
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from cmbert.audio.decode import SAMPLE_RATE
 from cmbert.manifest import StageError, Word
 
 _STAGE = "features"
-BACKENDS = ("egemaps", "compare", "mfcc")
+BACKENDS = ("egemaps", "compare", "mfcc", "whisper")
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,49 @@ class MfccLLD:
         return times, values.astype(np.float32)
 
 
-def load_features(name: str = "egemaps", params: FeatureParams = FeatureParams()):
-    """A feature extractor with ``.name`` (stored as the utterance's feature_set), ``.dim`` and ``.frames(audio)``."""
+class WhisperEncoderFrames:
+    """Whisper's audio-encoder states as frames: one vector per 20 ms (the encoder halves the 10 ms mel hop).
+
+    The clip's log-mel is encoded in windows of at most 30 s (the encoder's positional range) without padding
+    short clips to 30 s: the CTranslate2 encoder accepts shorter inputs, which is ~15x cheaper on the
+    seconds-long utterances of review clips and, on RAVDESS, as informative (bench/bench_ravdess.py).
+    """
+
+    MEL_HOP_SECONDS = 0.01
+    WINDOW_MEL_FRAMES = 3000  # 30 s
+
+    def __init__(self, model_path: str | None = None, device: str = "cpu", cpu_threads: int = 1):
+        import os
+
+        from cmbert.audio.words import load_asr
+
+        compute = "int8" if device == "cpu" else "float16"
+        self._whisper = load_asr(model_path, device=device, compute_type=compute, cpu_threads=cpu_threads)
+        model = "tiny.en" if model_path is None else os.path.basename(str(model_path).rstrip("/")) or str(model_path)
+        probe = self._encode(self._whisper.feature_extractor(np.zeros(1600, np.float32)))  # 0.1 s of silence
+        self.dim = int(probe.shape[-1])
+        self.name = f"whisper_{model}_encoder{self.dim}"
+
+    def _encode(self, mel: np.ndarray) -> np.ndarray:
+        return np.asarray(self._whisper.encode(np.ascontiguousarray(mel)))[0].astype(np.float32)  # (N/2, dim)
+
+    def frames(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(times (N,), values (N, dim)) for a float32 mono 16 kHz clip."""
+        mel = self._whisper.feature_extractor(np.ascontiguousarray(audio, dtype=np.float32))  # (n_mels, frames)
+        times, values = [], []
+        for first in range(0, mel.shape[-1], self.WINDOW_MEL_FRAMES):
+            states = self._encode(mel[:, first:first + self.WINDOW_MEL_FRAMES])  # (frames/2, dim)
+            times.append(first * self.MEL_HOP_SECONDS + np.arange(len(states)) * 2 * self.MEL_HOP_SECONDS)
+            values.append(states)
+        return np.concatenate(times), np.concatenate(values)
+
+
+def load_features(name: str = "egemaps", params: FeatureParams = FeatureParams(), model_path: str | None = None,
+                  device: str = "cpu"):
+    """A feature extractor with ``.name`` (stored as the utterance's feature_set), ``.dim`` and ``.frames(audio)``.
+
+    ``model_path`` and ``device`` are for the ``whisper`` backend (default: the bundled tiny.en on the CPU).
+    """
     if name == "egemaps":
         import opensmile
 
@@ -103,6 +147,8 @@ def load_features(name: str = "egemaps", params: FeatureParams = FeatureParams()
         # librosa's first call costs seconds (lazy imports, JIT): pay it here, in the loader.
         extractor.frames(np.zeros(SAMPLE_RATE // 4, np.float32))
         return extractor
+    if name == "whisper":
+        return WhisperEncoderFrames(model_path, device=device)
     raise ValueError(f"unknown feature backend {name!r}; choose one of {BACKENDS}")
 
 

@@ -163,7 +163,8 @@ def align_words(audio: np.ndarray, text: str, aligner, params: WordParams = Word
         raise StageError(_STAGE, f"audio too short to align ({audio.size / SAMPLE_RATE:.3f}s)")
     names = [name for _, name in entries if name is not None]
     if not names:
-        raise StageError(_STAGE, "transcript has no pronounceable words")
+        raise StageError(_STAGE, "transcript has no pronounceable words (the en-us aligner reads Latin letters "
+                                 "and digits only)")
 
     aligner.set_align_text(" ".join(names))
     aligner.start_utt()
