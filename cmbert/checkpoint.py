@@ -54,12 +54,27 @@ def weights_version(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def _sha256_stream(f) -> tuple[str, int]:
+    """(sha256 hex digest, bytes read) of a binary stream, read in 1 MiB blocks."""
+    h, size = hashlib.sha256(), 0
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+        size += len(block)
+    return h.hexdigest(), size
+
+
 def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return _sha256_stream(f)[0]
+
+
+def _check_file(uri: str, file_uri: str, info: dict, sha256: str, size: int) -> None:
+    """Raise CheckpointError unless a file's size and sha256 are what meta.json lists for it."""
+    if size != info["bytes"]:
+        raise CheckpointError(f"checkpoint {uri} is corrupt: {file_uri} has {size} bytes, "
+                              f"meta.json says {info['bytes']} (truncated or overwritten)")
+    if sha256 != info["sha256"]:
+        raise CheckpointError(f"checkpoint {uri} is corrupt: {file_uri} does not match the sha256 in meta.json")
 
 
 def save_checkpoint(model, tokenizer, config: CMBertConfig, uri: str, meta: dict) -> dict:
@@ -160,21 +175,14 @@ def verify_checkpoint(uri: str) -> dict:
     src = locate(uri)
     for name, info in sorted(meta.get("files", {}).items()):
         loc = src.join(name)
-        digest, size = hashlib.sha256(), 0
         try:
             with loc.fs.open_input_stream(loc.path) as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-                    size += len(block)
+                sha256, size = _sha256_stream(f)
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {uri} is incomplete: {loc.uri} is missing") from None
         except OSError as exc:
             raise CheckpointError(str(explain(exc, loc.uri, "read"))) from None
-        if size != info["bytes"]:
-            raise CheckpointError(f"checkpoint {uri} is corrupt: {loc.uri} has {size} bytes, "
-                                  f"meta.json says {info['bytes']} (truncated or overwritten)")
-        if digest.hexdigest() != info["sha256"]:
-            raise CheckpointError(f"checkpoint {uri} is corrupt: {loc.uri} does not match the sha256 in meta.json")
+        _check_file(uri, loc.uri, info, sha256, size)
     return meta
 
 
@@ -194,13 +202,7 @@ def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> LoadedModel
                 raise CheckpointError(f"checkpoint {uri} is incomplete: {src.join(name).uri} is missing") from None
             except OSError as exc:
                 raise CheckpointError(str(explain(exc, src.join(name).uri, "read"))) from None
-            size = os.path.getsize(path)
-            if size != info["bytes"]:
-                raise CheckpointError(f"checkpoint {uri} is corrupt: {src.join(name).uri} has {size} bytes, "
-                                      f"meta.json says {info['bytes']} (truncated or overwritten)")
-            if _sha256_file(path) != info["sha256"]:
-                raise CheckpointError(f"checkpoint {uri} is corrupt: {src.join(name).uri} does not match the "
-                                      f"sha256 in meta.json")
+            _check_file(uri, src.join(name).uri, info, _sha256_file(path), os.path.getsize(path))
         with open(os.path.join(local, CONFIG)) as f:
             config = CMBertConfig.from_dict(json.load(f))
         if config.encoder_config is None:
