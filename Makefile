@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 # OpenMP's spinning wait is 10-60x slower on shared CPUs (bench/bench_score.py); override on dedicated nodes.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench bench-quality clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# Model accuracy on real data (MOSI, RAVDESS): 10-40 minutes each on 2 cores, so not part of `make bench`.
+bench-quality: $(STAMP)
+	$(PY) bench/run_all.py --only ravdess --only mosi
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,7 +1,7 @@
 """Scoring throughput (utterances/s) and model FLOPs utilisation: batched vs one-at-a-time vs the Ray Data job.
 
-    python bench/bench_score.py [--rows 600] [--naive-rows 300] [--repeats 3] [--batch-size 32] [--threads 2]
-                                [--bf16-rows N] [--skip-ray] [--skip-bf16]
+    python bench/bench_score.py [--rows 600] [--naive-rows 300] [--ray-rows 3000] [--repeats 3] [--batch-size 32]
+                                [--threads 2] [--bf16-rows N] [--skip-ray] [--skip-bf16]
 
 Synthetic utterances (5-40 words, uniform; random 25-d word features, feature set egemaps_v02_lld) are built
 through ``cmbert.manifest.Utterance`` and cast to ``schemas.UTTERANCES_SCHEMA``. The model is the default
@@ -12,15 +12,20 @@ CM-BERT (``CMBertConfig()``: the bundled all-MiniLM-L6-v2 encoder, paper fusion,
     function inside ``ScoreStage``; one process, ``--threads`` torch threads.
 (b) naive: the same Scorer, one utterance per forward pass (over the first ``--naive-rows``), same threads. (a) and (b) alternate repeat by
     repeat so they share the machine's load; the speed-up is reported per repeat pair as well.
-    fp32, then bf16 autocast (``torch.autocast("cpu", torch.bfloat16)``) as a second row (on a prefix of
-    ``--bf16-rows`` when the CPU has no native bf16: torch then emulates it, ~100x slower than fp32).
+    fp32, then bf16 autocast (``torch.autocast("cpu", torch.bfloat16)``) as a second row when the CPU has native
+    bf16 (without it torch emulates bf16, ~100x slower than fp32: skipped unless ``--bf16-rows`` asks for a prefix).
 OMP_WAIT_POLICY defaults to PASSIVE here (see below; recorded in the JSON).
-(c) ray: ``jobs/score.py`` main() on the rows written as local Parquet, job defaults (2 actors x 1 thread at
-    0.5 CPU, batch 32, sort window 16), a fresh output folder each repeat. Ray is started (address="local",
-    2 CPUs) before the first repeat and timed apart; each main() still starts its actor pool and loads the
-    checkpoint in every actor. Time to first row is the job's own ``Tally.first_row_s`` (from run() start to
-    the first scored block reaching the driver). Ray overhead = median (c) main() seconds / median (a) seconds
-    - 1 over the same rows.
+(d) per-core processes: the job's layout without Ray: ``--threads`` processes of one torch thread each (spawned,
+    checkpoint loaded and warmed up before the clock starts), each scoring every n-th row with (a)'s function.
+    On 2 cores this beats one 2-thread process (no OpenMP synchronisation inside small matmuls).
+(c) ray: ``jobs/score.py`` main() on ``--ray-rows`` other utterances written as local Parquet, job defaults (one
+    actor per core, 1 thread and 0.5 CPU each, batch 32, sort window 16), a fresh output folder each repeat;
+    before each repeat, (a) in this process over the same rows (the baseline). Ray is started
+    (address="local", 2 CPUs) before the first repeat and timed apart; each main() still starts its actor pool
+    and loads the checkpoint in every actor. Time to first row is the job's own ``Tally.first_row_s`` (from
+    run() start to the first scored block reaching the driver). Ray overhead = median (c) main() seconds /
+    median baseline seconds - 1. Each repeat also runs (c) on the first ``--ray-small-rows`` rows; the two sizes
+    split the job's time into a fixed start-up and a per-row (steady-state) cost, compared with (a)'s per row.
 
 FLOPs (forward, analytic, per utterance of t real word-pieces; padding is not counted as useful work):
     2 * P * t + L * 4 * t^2 * H + 4 * t^2 * D + 2 * t^2 * H
@@ -244,21 +249,88 @@ def in_process(ckpt: str, table, args, peaks: dict) -> dict:
         print(f"[bench] {dtype}: batched {statistics.median(a_ups):.1f} utt/s, naive {statistics.median(b_ups):.1f} "
               f"utt/s, ratio {statistics.median(pair):.2f}x", flush=True)
     del lm, scorer
+    out["_lengths"] = lengths  # for (d)'s FLOPs; popped by main()
     return out
+
+
+# ---------------------------------------------------------------- (d) one single-thread process per core
+
+
+def _core_worker(ckpt: str, rows: list, batch_size: int, ready, go, out) -> None:
+    """One process, one torch thread: load the checkpoint, warm up, wait for the start signal, score ``rows``."""
+    import torch
+
+    from cmbert.checkpoint import load_checkpoint
+    from cmbert.collate import collate, token_lengths
+    from cmbert.scoring import Scorer
+
+    torch.set_num_threads(1)
+    lm = load_checkpoint(ckpt)
+    scorer = Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate, "cpu", batch_size,
+                    token_lengths)
+    scorer.forward(rows[:batch_size])
+    ready.set()
+    go.wait()
+    out.put(timed_batched(scorer, rows)[0])
+
+
+def per_core_processes(ckpt: str, table, args) -> dict:
+    """(d) The job's layout without Ray: one single-thread process per core, each scoring every n-th row."""
+    import multiprocessing as mp
+
+    from cmbert.scoring import INPUT_COLUMNS
+
+    rows = table.select(INPUT_COLUMNS).to_pylist()
+    n = args.threads
+    ctx = mp.get_context("spawn")
+    walls = []
+    for _ in range(args.repeats):
+        go, out = ctx.Event(), ctx.Queue()
+        readies = [ctx.Event() for _ in range(n)]
+        procs = [ctx.Process(target=_core_worker, args=(ckpt, rows[i::n], args.batch_size, readies[i], go, out))
+                 for i in range(n)]
+        for p in procs:
+            p.start()
+        for r in readies:
+            r.wait()
+        t0 = time.perf_counter()
+        go.set()
+        parts = [out.get() for _ in procs]
+        walls.append(time.perf_counter() - t0)
+        for p in procs:
+            p.join()
+        print(f"[bench] {n} single-thread processes: {len(rows) / walls[-1]:.1f} utt/s (slowest part "
+              f"{max(parts):.1f} s)", flush=True)
+    return {"processes": n, "rows": len(rows), "seconds": summary(walls), "walls": walls,
+            "utterances_per_s": summary([len(rows) / w for w in walls])}
 
 
 # ---------------------------------------------------------------- (c) Ray Data job
 
 
 def ray_job(ckpt: str, table, args, work: str) -> dict:
+    """(c) jobs/score.py main() over ``table``, each repeat after (a) over the same rows in this process."""
     import ray
+    import torch
 
     import score
     from cmbert import storage
+    from cmbert.checkpoint import load_checkpoint
+    from cmbert.collate import collate, token_lengths
+    from cmbert.scoring import INPUT_COLUMNS, Scorer
     from schemas import UTTERANCES_SCHEMA
 
-    data = f"{work}/utterances"
+    torch.set_num_threads(args.threads)
+    lm = load_checkpoint(ckpt)
+    scorer = Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate, "cpu",
+                    args.batch_size, token_lengths)
+    rows = table.select(INPUT_COLUMNS).to_pylist()
+    scorer.forward(rows[:args.batch_size])  # warm up
+
+    data, small = f"{work}/utterances", f"{work}/utterances-small"
     storage.write_table(table, data, UTTERANCES_SCHEMA)
+    n_small = min(args.ray_small_rows, table.num_rows // 2)
+    storage.write_table(table.slice(0, n_small), small, UTTERANCES_SCHEMA)
     os.environ.pop("RAY_ADDRESS", None)  # a fresh local instance, never someone else's cluster
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
@@ -273,43 +345,62 @@ def ray_job(ckpt: str, table, args, work: str) -> dict:
         return tallies[-1]
 
     score.run = run_and_keep
-    totals = []
+    def job(src: str, out: str, n: int) -> float:
+        argv = ["--checkpoint", ckpt, "--input", src, "--output", out, "--batch-size", str(args.batch_size),
+                "--score-date", "2024-01-02"]
+        t0 = time.perf_counter()
+        rc = score.main(argv)
+        seconds = time.perf_counter() - t0
+        if rc != 0 or tallies[-1].n_scored != n:
+            raise RuntimeError(f"score.main returned {rc}, scored {tallies[-1].n_scored}/{n}")
+        return seconds
+
+    totals, smalls, baseline = [], [], []
     try:
         for k in range(args.repeats):
-            argv = ["--checkpoint", ckpt, "--input", data, "--output", f"{work}/out-{k}",
-                    "--batch-size", str(args.batch_size), "--score-date", "2024-01-02"]
-            t0 = time.perf_counter()
-            rc = score.main(argv)
-            totals.append(time.perf_counter() - t0)
-            print(f"[bench] ray repeat {k + 1}: {totals[-1]:.1f} s, first row {tallies[-1].first_row_s}", flush=True)
-            if rc != 0 or tallies[-1].n_scored != table.num_rows:
-                raise RuntimeError(f"score.main returned {rc}, scored {tallies[-1].n_scored}/{table.num_rows}")
+            baseline.append(timed_batched(scorer, rows)[0])
+            totals.append(job(data, f"{work}/out-{k}", table.num_rows))
+            first = tallies[-1].first_row_s
+            smalls.append(job(small, f"{work}/out-small-{k}", n_small))
+            print(f"[bench] ray repeat {k + 1}: {totals[-1]:.1f} s, first row {first}; {n_small} rows: "
+                  f"{smalls[-1]:.1f} s", flush=True)
     finally:
         score.run = real_run
         ray.shutdown()
-    first = [t.first_row_s for t in tallies if t.first_row_s is not None]
-    return {"ray_init_s": ray_init_s, "main_seconds": summary(totals),
+    first = [t.first_row_s for t in tallies[::2] if t.first_row_s is not None]
+    # Two sizes separate Ray's fixed start-up from its per-row cost: T(n) = fixed + n x marginal.
+    marginal = (statistics.median(totals) - statistics.median(smalls)) / (table.num_rows - n_small)
+    per_row_plain = statistics.median(baseline) / table.num_rows
+    return {"rows": table.num_rows, "ray_init_s": ray_init_s, "main_seconds": summary(totals),
+            "small_rows": n_small, "small_main_seconds": summary(smalls),
+            "fixed_startup_s": statistics.median(smalls) - n_small * marginal,
+            "steady_utterances_per_s": 1.0 / marginal if marginal > 0 else None,
+            "steady_overhead_vs_batched": marginal / per_row_plain - 1,
+            "batched_same_rows_seconds": summary(baseline),
+            "overhead_vs_batched": statistics.median(totals) / statistics.median(baseline) - 1,
             "utterances_per_s": summary([table.num_rows / t for t in totals]),
             "time_to_first_row_s": summary(first) if first else None,
-            "config": "job defaults: actors=min(4, ceil(rows / (batch 32 x sort window 16))), 1 torch thread, "
-                      "0.5 CPU each"}
+            "config": "job defaults: one actor per core (1 torch thread, 0.5 CPU each), batch 32, sort window 16"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=600)
     ap.add_argument("--naive-rows", type=int, default=300, help="rows for the one-at-a-time loop (a prefix)")
+    ap.add_argument("--ray-rows", type=int, default=3000, help="rows for (c) and its in-process baseline")
+    ap.add_argument("--ray-small-rows", type=int, default=300, help="(c) again on this prefix: fixed vs per-row cost")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-bf16", action="store_true")
     ap.add_argument("--bf16-rows", type=int, default=None,
-                    help="rows for the bf16 row (default: all with native bf16, else one batch: emulated bf16 is slow)")
+                    help="rows for the bf16 row (default: all with native bf16; without it bf16 is skipped unless set)")
     args = ap.parse_args()
     args.naive_rows = min(args.naive_rows, args.rows)
-    if args.bf16_rows is None and not native_bf16():
-        args.bf16_rows = args.batch_size
+    if not native_bf16() and not args.bf16_rows:  # emulated bf16 (~100x slower than fp32) measures the emulation
+        print("[bench] bf16 skipped: this CPU has no native bf16 (pass --bf16-rows N to time the emulation)")
+        args.skip_bf16 = True
 
     import torch
 
@@ -328,10 +419,13 @@ def main() -> None:
                    "native_bf16": native_bf16(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                    "threads": args.threads, "batch_size": args.batch_size}
         figures |= in_process(ckpt, table, args, peaks)
+        d = per_core_processes(ckpt, table, args)
+        flops_all = sum(forward_flops(figures["flop_model"], t) for t in figures.pop("_lengths"))
+        d["mfu_vs_stack_peak"] = summary([flops_all / t / PEAK_FLOPS["fp32"] for t in d.pop("walls")])
+        d["over_naive"] = d["utterances_per_s"]["median"] / figures["fp32"]["naive"]["utterances_per_s"]["median"]
+        figures["fp32_per_core_processes"] = d
         if not args.skip_ray:
-            figures["ray"] = ray_job(ckpt, table, args, work)
-            ray_s = figures["ray"]["main_seconds"]["median"]
-            figures["ray"]["overhead_vs_batched"] = ray_s / figures["fp32"]["batched"]["seconds"]["median"] - 1
+            figures["ray"] = ray_job(ckpt, synthetic_table(args.ray_rows, seed=1), args, work)
             print(f"[bench] ray: {figures['ray']['utterances_per_s']['median']:.1f} utt/s, overhead "
                   f"{100 * figures['ray']['overhead_vs_batched']:.0f}%, first row "
                   f"{(figures['ray']['time_to_first_row_s'] or {}).get('median')} s", flush=True)
@@ -344,7 +438,7 @@ def main() -> None:
         "cmbert.scoring.score_rows incl. tokenization and collate, (b) naive = one utterance per forward, same "
         "threads, alternating with (a); (c) = jobs/score.py main() incl. planning, actor start, checkpoint "
         "load per actor, Parquet read/write; Ray start-up timed apart (ray_init_s). Ray overhead = "
-        "median (c) / median (a) - 1. CPU shared with other users when measured: compare ratios from one run."))
+        "median (c) / median (a over the same ray_rows) - 1. CPU shared with other users when measured: compare ratios from one run."))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """Run every benchmark, then write bench/results/summary.md: the headline figures of each results JSON.
 
-    python bench/run_all.py [--only NAME ...] [--summary-only] [--timeout SECONDS]
+    python bench/run_all.py [--only NAME ...] [--quality] [--summary-only] [--timeout SECONDS]
+
+`make bench` runs the cost benchmarks (speed, MFU, memory, scale): about 20 minutes on 2 cores. The model-quality
+evaluations (QUALITY: MOSI and RAVDESS accuracy, 10-40 minutes each on 2 cores) run with ``--quality`` or
+``--only NAME`` (`make bench-quality`); their last JSONs stay in the summary, marked with their own date.
 
 Each ``bench/bench_*.py`` runs as its own subprocess with the venv's python, in ORDER (then any other
 bench_*.py, alphabetically), with its output passed through; a failing bench is reported and the rest still
@@ -23,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
-ORDER = ("preprocess_stages", "train", "score")  # cheap-to-explain first; the rest follow alphabetically
+ORDER = ("preprocess", "train", "score", "memory", "gpu", "scale")  # scale reads the others' JSONs: last
+QUALITY = ("mosi", "ravdess")  # accuracy, not cost: only with --quality or --only
 
 
 @dataclass(frozen=True)
@@ -36,19 +41,42 @@ class Figure:
 
 # bench name (bench_<name>.py writes results/<name>.json) -> the figures the summary shows.
 HEADLINES: dict[str, list[Figure]] = {
-    "preprocess_stages": [
-        Figure("align path, x realtime (1 core)", "ravdess/x_realtime_align_path"),
-        Figure("ASR path, x realtime (1 core)", "ravdess/x_realtime_asr_path"),
-        Figure("ASR word error rate, RAVDESS", "ravdess/asr_wer", digits=3),
-        Figure("DER, 2-speaker call, collar 0.5 s", "call_2spk/der_collar_0.5", digits=3),
-        Figure("model load", "model_load_seconds", " s"),
+    "preprocess": [
+        Figure("align path, Ray job end to end", "align_path/ray/x_realtime", "x realtime"),
+        Figure("align path, sequential (incl. model load)", "align_path/sequential/x_realtime_with_load", "x realtime"),
+        Figure("align path, Ray vs sequential", "align_path/ray_vs_sequential", "x", 2),
+        Figure("align path, Ray steady state (two-size fit)", "align_path/ray_steady_x_realtime", "x realtime"),
+        Figure("align path, Ray fixed start-up", "align_path/ray_fixed_startup_s", " s"),
+        Figure("align path stages, x realtime (sequential)", "align_path/sequential/stage_x_realtime"),
+        Figure("ASR path, Ray job end to end", "asr_path/ray/x_realtime", "x realtime"),
+        Figure("ASR path, Ray vs sequential", "asr_path/ray_vs_sequential", "x", 2),
+        Figure("ASR WER vs RAVDESS transcripts", "asr_path/sequential/wer_vs_manifest", "%"),
+        Figure("call: DER, collar 0.5 s", "call_2spk/der_collar_0.5", "%"),
+        Figure("call: ASR WER", "call_2spk/asr_wer", "%"),
     ],
     "train": [
         Figure("plain loop, 2 threads", "plain_2_threads/samples_per_s", " samples/s"),
-        Figure("plain loop MFU (fp32)", "plain_2_threads/mfu_fp32", "%"),
+        Figure("plain loop MFU (fp32, vs 167 GFLOP/s)", "plain_2_threads/mfu_fp32", "%"),
         Figure("Ray Train 2 workers x 1 thread", "ray_ddp_2_workers_1_thread/samples_per_s", " samples/s"),
-        Figure("Ray Train 2x1 vs plain", "ray_ddp_2_workers_1_thread/vs_plain", "x", 2),
+        Figure("Ray Train 2x1 MFU", "ray_ddp_2_workers_1_thread/mfu_fp32", "%"),
+        Figure("Ray Train 2x1 overhead vs plain", "ray_ddp_2_workers_1_thread/overhead_vs_plain", "%", 0),
+        Figure("Ray Train 1x2 overhead vs plain", "ray_ddp_1_worker_2_threads/overhead_vs_plain", "%", 0),
         Figure("Ray Train 2x1 fit() wall time", "ray_ddp_2_workers_1_thread/fit_s", " s"),
+    ],
+    "memory": [
+        Figure("preprocess peak PSS, 1x corpus", "preprocess/corpus_1x/peak_pss_mib", " MiB", 0),
+        Figure("preprocess peak PSS, 4x corpus", "preprocess/corpus_4x/peak_pss_mib", " MiB", 0),
+        Figure("preprocess 4x / 1x", "preprocess/ratio_4x_over_1x", "x", 2),
+        Figure("score peak PSS, 1x corpus", "score/corpus_1x/peak_pss_mib", " MiB", 0),
+        Figure("score peak PSS, 4x corpus", "score/corpus_4x/peak_pss_mib", " MiB", 0),
+        Figure("score 4x / 1x", "score/ratio_4x_over_1x", "x", 2),
+    ],
+    "scale": [
+        Figure("align path: video h per node-h, this machine", "align_path/measured_this_machine/video_hours_per_node_hour"),
+        Figure("align path: 100k h on 100 such machines", "align_path/measured_this_machine/wall_hours_for_job", " h wall"),
+        Figure("align path: 100k h on 100 16-core nodes (estimate)", "align_path/estimate_cpu_node_16_cores/wall_hours_for_job", " h wall"),
+        Figure("ASR path: video h per node-h, this machine", "asr_path/measured_this_machine/video_hours_per_node_hour", digits=2),
+        Figure("ASR path: 100k h on 100 16-core nodes (estimate)", "asr_path/estimate_cpu_node_16_cores/wall_hours_for_job", " h wall"),
     ],
     "score": [
         Figure("batched fp32 (median)", "fp32/batched/utterances_per_s/median", " utt/s"),
@@ -56,10 +84,14 @@ HEADLINES: dict[str, list[Figure]] = {
         Figure("batched / naive fp32 (median of pairs)", "fp32/batched_over_naive/median", "x", 2),
         Figure("batched fp32 MFU vs STACK.md peak", "fp32/batched/mfu_vs_stack_peak/median", "%"),
         Figure("batched fp32 MFU vs local matmul peak", "fp32/batched/mfu_vs_local_peak/median", "%"),
-        Figure("batched bf16 autocast (median)", "bf16/batched/utterances_per_s/median", " utt/s"),
         Figure("jobs/score.py via Ray Data (median)", "ray/utterances_per_s/median", " utt/s"),
-        Figure("Ray overhead vs batched", "ray/overhead_vs_batched", "%", 0),
+        Figure("Ray overhead vs batched, same rows", "ray/overhead_vs_batched", "%", 0),
         Figure("Ray time to first row (median)", "ray/time_to_first_row_s/median", " s"),
+        Figure("Ray fixed start-up (two-size fit)", "ray/fixed_startup_s", " s"),
+        Figure("Ray steady-state overhead vs batched", "ray/steady_overhead_vs_batched", "%", 0),
+        Figure("one 1-thread process per core (the job's layout)", "fp32_per_core_processes/utterances_per_s/median", " utt/s"),
+        Figure("  its MFU vs STACK.md peak", "fp32_per_core_processes/mfu_vs_stack_peak/median", "%"),
+        Figure("  its ratio to naive", "fp32_per_core_processes/over_naive", "x", 2),
     ],
     "ravdess": [
         Figure("dev majority rate (non0)", "dev_majority/rate", digits=3),
@@ -186,11 +218,12 @@ def summary_markdown(names: list[str], runs: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append", metavar="NAME", help="run only this bench (repeatable)")
+    ap.add_argument("--quality", action="store_true", help=f"also run the accuracy evaluations ({', '.join(QUALITY)})")
     ap.add_argument("--summary-only", action="store_true", help="run nothing; rewrite summary.md from the JSONs")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per bench (default: none)")
     args = ap.parse_args(argv)
     names = bench_names()
-    selected = names
+    selected = names if args.quality else [n for n in names if n not in QUALITY]
     if args.only:
         selected = [normalise(n) for n in args.only]
         unknown = [n for n in selected if n not in names]

@@ -56,6 +56,7 @@ class ClipStage:
         import torch
 
         torch.set_num_threads(torch_threads)  # one actor per core: no oversubscription
+        self.torch_threads = torch_threads
         self.input_uri = input_uri
         self.input_fs = input_fs
         self.params = params
@@ -72,7 +73,8 @@ class ClipStage:
 
         if self._models is None:
             self._models = ClipModels(vad=vad.load_vad(), features=features.load_features(
-                self.choice.features, model_path=self.choice.feature_model, device=self.choice.device))
+                self.choice.features, model_path=self.choice.feature_model, device=self.choice.device,
+                cpu_threads=self.torch_threads))
             if self.params.diarizer == "auto":
                 self._models.speaker_encoder = diarize.load_speaker_encoder(device=self.choice.device)
             elif self.params.diarizer == "pyannote":
@@ -80,8 +82,16 @@ class ClipStage:
         if need_aligner and self._models.aligner is None:
             self._models.aligner = words.load_aligner()
         if need_asr and self._models.asr is None:
-            compute = "int8" if self.choice.device == "cpu" else "float16"
-            self._models.asr = words.load_asr(self.choice.asr_model, device=self.choice.device, compute_type=compute)
+            shared = getattr(self._models.features, "whisper", None)  # the whisper features backend's model
+            if shared is not None and self.choice.asr_model == self.choice.feature_model:
+                self._models.asr = shared  # one whisper per actor for words and features (same model, same threads)
+            else:
+                cpu = self.choice.device == "cpu"
+                # The actor's thread count, not CTranslate2's default of 4: two actors on two cores would run
+                # eight threads and slow each other down.
+                self._models.asr = words.load_asr(self.choice.asr_model, device=self.choice.device,
+                                                  compute_type="int8" if cpu else "float16",
+                                                  cpu_threads=self.torch_threads if cpu else 0)
         return self._models
 
     def read_bytes(self, rel: str) -> bytes:

@@ -159,7 +159,8 @@ def run(cfg: PreprocessConfig) -> Tally:
                                    "input_fs": storage.locate(cfg.input).fs if storage.is_s3(cfg.input) else None},
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            # A fixed pool: all actors start at once (an autoscaling pool from 1 left a core idle at the start).
+            compute=ray.data.ActorPoolStrategy(size=actors),
             **resources,
         )
         owned: set[str] = set()

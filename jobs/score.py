@@ -53,7 +53,7 @@ class ScoreConfig:
                                                      "help": "bf16 autocast (GPUs); scores differ by ~1e-2"})
     sort_window: int = field(default=16, metadata={"help": "forward passes per Ray batch; rows are sorted by "
                                                            "token length within it so padding is small"})
-    actors: int | None = field(default=None, metadata={"help": "scoring actors (default: one per CPU, or per GPU)"})
+    actors: int | None = field(default=None, metadata={"help": "scoring actors (default: one per --threads CPUs, or per GPU)"})
     cpus_per_actor: float = field(default=0.5, metadata={"help": "CPU share per CPU actor (fractional: see STACK.md)"})
     threads: int = field(default=1, metadata={"help": "torch threads per CPU actor"})
     score_date: str | None = field(default=None, metadata={"help": "partition date YYYY-MM-DD (default: today, UTC)"})
@@ -281,7 +281,9 @@ def score_dataset(cfg: ScoreConfig, info: ModelInfo, plan: WorkPlan, stamp: Scor
         default = int(ray.cluster_resources().get("GPU", 1))
     else:
         resources = {"num_cpus": cfg.cpus_per_actor}  # fractional: 2 actors on 2 CPUs do not deadlock the read
-        default = int(ray.cluster_resources().get("CPU", 1) / max(cfg.cpus_per_actor, cfg.threads / 2, 0.1))
+        # One actor per `threads` cores. Not CPUs / cpus_per_actor: that was 4 single-thread actors on 2 cores,
+        # twice the threads the cores can run.
+        default = max(1, int(ray.cluster_resources().get("CPU", 1) // max(cfg.threads, 1)))
     actors = max(1, min(cfg.actors or default, batches))
     # A block goes to one actor whole: give every actor at least two blocks' worth of rows to work on.
     rows_per_batch = min(rows_per_batch, max(cfg.batch_size, math.ceil(plan.n_todo / (2 * actors))))
@@ -289,14 +291,16 @@ def score_dataset(cfg: ScoreConfig, info: ModelInfo, plan: WorkPlan, stamp: Scor
     ds = ds.select_columns(INPUT_COLUMNS + (["path"] if plan.partial else []))  # pushed down into the read
     if faults.worker_env():  # tests only (cmbert/faults.py)
         resources["runtime_env"] = {"env_vars": faults.worker_env()}
-    if len(plan.files) < 2 * actors:  # one file reads as one block: split it, or one actor does all the work
-        ds = ds.repartition(2 * actors, shuffle=False)
+    # A block goes to one actor whole, and a read task may merge several small files into one block: cut the
+    # stream into blocks of one actor batch (streaming, no barrier), so every actor gets work from the start.
+    ds = ds.repartition(target_num_rows_per_block=rows_per_batch)
     return ds.map_batches(
         ScoreStage,
         fn_constructor_kwargs={"options": options},
         batch_size=rows_per_batch,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        # A fixed pool: all actors start at once (an autoscaling pool from 1 left a core idle at the start).
+        compute=ray.data.ActorPoolStrategy(size=actors),
         **resources,
     )
 

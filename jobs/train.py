@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
             summary_runs.append({"seed": seed, "checkpoint": f"seed-{seed}", "best_epoch": best["epoch"],
                                  "model_version": seed_meta["model_version"],
                                  "train_rows_per_s": best["train_rows_per_s"],
+                                 # the last epoch's (past the first steps' warm-up): what bench/bench_train.py quotes
+                                 "train_rows_per_s_last_epoch": (result.metrics or {}).get("train_rows_per_s"),
                                  "dev": {k[4:]: v for k, v in best.items() if k.startswith("dev_")}})
             print(f"seed {seed}: best epoch {best['epoch']} dev_loss {best['dev_loss']:.4f}", flush=True)
 

@@ -105,7 +105,8 @@ def test_asr_wer_on_real_call(asr, shared_data):
     ref = " ".join(line.split(None, 5)[5] for line in open(shared_data / "call-2spk" / "sample.stm"))
     words = transcribe(audio, asr)
     wer = jiwer.wer(normalise(ref), normalise(" ".join(w.word for w in words)))
-    assert wer <= 0.25, f"WER {wer:.3f}"
+    # The target. Beam 5 over faster-whisper's VAD gives 12.3% here (greedy without it: 16.0%).
+    assert wer <= 0.15, f"WER {wer:.3f}"
 
 
 @pytest.mark.realdata

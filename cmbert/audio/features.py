@@ -114,6 +114,11 @@ class WhisperEncoderFrames:
         self.dim = int(probe.shape[-1])
         self.name = f"whisper_{model}_encoder{self.dim}"
 
+    @property
+    def whisper(self):
+        """The loaded faster-whisper model (its ASR can share it: cmbert/stages.py)."""
+        return self._whisper
+
     def _encode(self, mel: np.ndarray) -> np.ndarray:
         return np.asarray(self._whisper.encode(np.ascontiguousarray(mel)))[0].astype(np.float32)  # (N/2, dim)
 
@@ -129,10 +134,11 @@ class WhisperEncoderFrames:
 
 
 def load_features(name: str = "egemaps", params: FeatureParams = FeatureParams(), model_path: str | None = None,
-                  device: str = "cpu"):
+                  device: str = "cpu", cpu_threads: int = 1):
     """A feature extractor with ``.name`` (stored as the utterance's feature_set), ``.dim`` and ``.frames(audio)``.
 
-    ``model_path`` and ``device`` are for the ``whisper`` backend (default: the bundled tiny.en on the CPU).
+    ``model_path``, ``device`` and ``cpu_threads`` are for the ``whisper`` backend (default: the bundled tiny.en
+    on the CPU, one thread: one actor per core).
     """
     if name == "egemaps":
         import opensmile
@@ -148,7 +154,7 @@ def load_features(name: str = "egemaps", params: FeatureParams = FeatureParams()
         extractor.frames(np.zeros(SAMPLE_RATE // 4, np.float32))
         return extractor
     if name == "whisper":
-        return WhisperEncoderFrames(model_path, device=device)
+        return WhisperEncoderFrames(model_path, device=device, cpu_threads=cpu_threads)
     raise ValueError(f"unknown feature backend {name!r}; choose one of {BACKENDS}")
 
 

@@ -28,7 +28,11 @@ _STAGE = "words"
 class WordParams:
     min_word_seconds: float = 0.05  # zero/tiny-duration words are widened to this, centred
     language: str | None = "en"
-    beam_size: int = 1  # greedy: on the real call beam 5 was 2x slower and no more accurate
+    # Whisper's own recipe: beam 5 over speech found by faster-whisper's bundled Silero VAD (dropping the
+    # silences whisper otherwise fills with "hello hello"). On the real call WER 16.0% -> 12.3%, on 40 RAVDESS
+    # clips 5.0% -> 4.2%, at the same speed; beam 5 without the VAD was worse (19.8%), so the two go together.
+    beam_size: int = 5
+    asr_vad: bool = True
     min_align_seconds: float = 0.1  # audio shorter than this cannot be aligned
 
 
@@ -228,7 +232,7 @@ def transcribe(audio: np.ndarray, asr, params: WordParams = WordParams()) -> lis
         beam_size=params.beam_size,
         word_timestamps=True,
         condition_on_previous_text=False,
-        vad_filter=False,
+        vad_filter=params.asr_vad,
     )
     words = [
         Word(w.word.strip(), float(w.start), float(w.end))
