@@ -299,8 +299,9 @@ def score_dataset(cfg: ScoreConfig, info: ModelInfo, plan: WorkPlan, stamp: Scor
         fn_constructor_kwargs={"options": options},
         batch_size=rows_per_batch,
         batch_format="pyarrow",
-        # A fixed pool: all actors start at once (an autoscaling pool from 1 left a core idle at the start).
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        # All actors start at once (an autoscaling pool starting from 1 left a core idle for its first ~20 s), but
+        # the job runs with fewer when a busy cluster cannot place them all (a fixed-size pool would wait).
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
         **resources,
     )
 
