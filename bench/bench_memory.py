@@ -20,7 +20,6 @@ Target: the 4x peak within 20% of the 1x peak. Writes bench/results/memory.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import subprocess
@@ -31,9 +30,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import REPO, SHARED_DATA, write_result  # noqa: E402
+from common import REPO, SHARED_DATA, ravdess_dev_rows, write_manifest, write_result  # noqa: E402
 
-DEV_ACTORS = {f"{i:02d}" for i in range(13, 17)}
 MIB = 1024 * 1024
 
 
@@ -123,22 +121,17 @@ def preprocess_corpus(folder: str, clips: int, repeat: int) -> str:
     import numpy as np
     import soundfile as sf
 
-    with open(SHARED_DATA / "ravdess" / "manifest.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["actor"] in DEV_ACTORS][:clips]
     os.makedirs(folder, exist_ok=True)
-    manifest = os.path.join(folder, "manifest.csv")
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["file", "text", "label"])
-        w.writeheader()
-        for r in rows:
-            audio, sr = sf.read(SHARED_DATA / "ravdess" / r["file"], dtype="int16")
-            for k in range(repeat):
-                copy = np.array(audio, copy=True)
-                copy[0] = np.int16(k)  # one sample differs: a new content hash, the same audio
-                name = f"{os.path.splitext(os.path.basename(r['file']))[0]}-copy{k}.wav"
-                sf.write(os.path.join(folder, name), copy, sr, subtype="PCM_16")
-                w.writerow({"file": name, "text": r["text"], "label": r["valence"]})
-    return manifest
+    copies = []
+    for r in ravdess_dev_rows(clips):
+        audio, sr = sf.read(SHARED_DATA / "ravdess" / r["file"], dtype="int16")
+        for k in range(repeat):
+            copy = np.array(audio, copy=True)
+            copy[0] = np.int16(k)  # one sample differs: a new content hash, the same audio
+            name = f"{os.path.splitext(os.path.basename(r['file']))[0]}-copy{k}.wav"
+            sf.write(os.path.join(folder, name), copy, sr, subtype="PCM_16")
+            copies.append({**r, "file": name})
+    return write_manifest(os.path.join(folder, "manifest.csv"), copies)
 
 
 def score_corpus(folder: str, rows: int, repeat: int) -> None:

@@ -23,7 +23,6 @@ Writes bench/results/preprocess.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import re
 import shutil
@@ -34,11 +33,10 @@ from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import REPO, SHARED_DATA, write_result  # noqa: E402
+from common import REPO, SHARED_DATA, ravdess_dev_rows, write_manifest, write_result  # noqa: E402
 
 sys.path.insert(0, str(REPO / "jobs"))
 
-DEV_ACTORS = {f"{i:02d}" for i in range(13, 17)}
 # Stage functions as cmbert.pipeline imports them: name in the module -> stage label.
 STAGES = {"decode_audio": "decode", "detect_speech": "vad", "diarize": "diarize", "align_words": "align",
           "transcribe": "asr", "assign_speakers": "assign", "split_utterances": "split", "word_features": "features"}
@@ -71,12 +69,6 @@ def stage_timers(times: dict[str, float]):
     finally:
         for name, fn in saved.items():
             setattr(pipeline, name, fn)
-
-
-def dev_rows(n: int) -> list[dict]:
-    with open(SHARED_DATA / "ravdess" / "manifest.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["actor"] in DEV_ACTORS]
-    return rows[:n]
 
 
 def load_models(words: str, features: str, threads: int):
@@ -142,12 +134,7 @@ def sequential(rows: list[dict], words: str, features: str, threads: int) -> dic
 def ray_job(rows: list[dict], words: str, features: str, work: str, tag: str = "") -> dict:
     import preprocess
 
-    manifest = f"{work}/manifest-{words}{tag}.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["file", "text", "label"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({"file": r["file"], "text": r["text"], "label": r["valence"]})
+    manifest = write_manifest(f"{work}/manifest-{words}{tag}.csv", rows)
     argv = ["--input", str(SHARED_DATA / "ravdess"), "--manifest", manifest, "--output", f"{work}/out-{words}{tag}",
             "--words", words, "--features", features]
     tallies = []
@@ -218,7 +205,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="cmbert-bench-preprocess-")
     try:
         for words, n in (("align", args.clips), ("asr", args.asr_clips)):
-            rows = dev_rows(n)
+            rows = ravdess_dev_rows(n)
             fig = {"sequential": sequential(rows, words, args.features, args.threads)}
             print(f"[bench] {words} sequential: {fig['sequential']['x_realtime']}x realtime "
                   f"({fig['sequential']['stage_x_realtime']})", flush=True)

@@ -39,12 +39,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import REPO, SHARED_DATA, write_result  # noqa: E402
+from common import RAVDESS_DEV_ACTORS, REPO, SHARED_DATA, write_result  # noqa: E402
 
 sys.path.insert(0, str(REPO / "jobs"))
 
 TRAIN_ACTORS = {f"{i:02d}" for i in range(1, 13)}
-DEV_ACTORS = {f"{i:02d}" for i in range(13, 17)}
+DEV_ACTORS = RAVDESS_DEV_ACTORS
 
 
 # ---------------------------------------------------------------- the split

@@ -122,6 +122,17 @@ def forward_flops(fm: dict, t: int) -> float:
     return flops
 
 
+def load_scorer(ckpt: str, batch_size: int):
+    """(LoadedModel, Scorer) for ``ckpt`` as ScoreStage builds them, on the CPU."""
+    from cmbert.checkpoint import load_checkpoint
+    from cmbert.collate import collate, token_lengths
+    from cmbert.scoring import Scorer
+
+    lm = load_checkpoint(ckpt)
+    return lm, Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate, "cpu", batch_size,
+                      token_lengths)
+
+
 def measured_matmul_peak(dtype: str, threads: int, seconds: float = 1.5) -> float:
     """This machine's square-matmul FLOP/s at ``threads`` (best single 768^3 product within ``seconds``)."""
     import torch
@@ -177,16 +188,13 @@ def in_process(ckpt: str, table, args, peaks: dict) -> dict:
     import numpy as np
     import torch
 
-    from cmbert.checkpoint import load_checkpoint
-    from cmbert.collate import collate, token_lengths
-    from cmbert.scoring import INPUT_COLUMNS, Scorer
+    from cmbert.collate import token_lengths
+    from cmbert.scoring import INPUT_COLUMNS
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    lm = load_checkpoint(ckpt)
+    lm, scorer = load_scorer(ckpt, args.batch_size)
     load_s = time.perf_counter() - t0
-    scorer = Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate, "cpu",
-                    args.batch_size, token_lengths)
     rows = table.select(INPUT_COLUMNS).to_pylist()  # what ScoreStage hands score_rows
     naive_rows = rows[:args.naive_rows]
     lengths = token_lengths(rows, lm.tokenizer, lm.config.max_len)
@@ -252,14 +260,8 @@ def _core_worker(ckpt: str, rows: list, batch_size: int, ready, go, out) -> None
     """One process, one torch thread: load the checkpoint, warm up, wait for the start signal, score ``rows``."""
     import torch
 
-    from cmbert.checkpoint import load_checkpoint
-    from cmbert.collate import collate, token_lengths
-    from cmbert.scoring import Scorer
-
     torch.set_num_threads(1)
-    lm = load_checkpoint(ckpt)
-    scorer = Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate, "cpu", batch_size,
-                    token_lengths)
+    _, scorer = load_scorer(ckpt, batch_size)
     scorer.forward(rows[:batch_size])
     ready.set()
     go.wait()
@@ -307,15 +309,11 @@ def ray_job(ckpt: str, table, args, work: str) -> dict:
 
     import score
     from cmbert import storage
-    from cmbert.checkpoint import load_checkpoint
-    from cmbert.collate import collate, token_lengths
-    from cmbert.scoring import INPUT_COLUMNS, Scorer
+    from cmbert.scoring import INPUT_COLUMNS
     from schemas import UTTERANCES_SCHEMA
 
     torch.set_num_threads(args.threads)
-    lm = load_checkpoint(ckpt)
-    scorer = Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate, "cpu",
-                    args.batch_size, token_lengths)
+    _, scorer = load_scorer(ckpt, args.batch_size)
     rows = table.select(INPUT_COLUMNS).to_pylist()
     scorer.forward(rows[:args.batch_size])  # warm up
 

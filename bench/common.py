@@ -33,6 +33,30 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+RAVDESS_DEV_ACTORS = {f"{i:02d}" for i in range(13, 17)}  # unseen speakers; 01-12 train (bench_ravdess.py)
+
+
+def ravdess_dev_rows(n: int | None = None) -> list[dict]:
+    """The first ``n`` RAVDESS manifest rows of the dev actors, in manifest order."""
+    import csv
+
+    with open(SHARED_DATA / "ravdess" / "manifest.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["actor"] in RAVDESS_DEV_ACTORS]
+    return rows[:n]
+
+
+def write_manifest(path: str, rows: list[dict]) -> str:
+    """A preprocess manifest (file, text, label) of RAVDESS rows; a row's ``file`` may be renamed by the caller."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "text", "label"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({"file": r["file"], "text": r["text"], "label": r["valence"]})
+    return path
+
+
 def machine_info() -> dict:
     import torch
 

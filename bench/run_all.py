@@ -2,7 +2,7 @@
 
     python bench/run_all.py [--only NAME ...] [--quality] [--summary-only] [--timeout SECONDS]
 
-`make bench` runs the cost benchmarks (speed, MFU, memory, scale): about 20 minutes on 2 cores. The model-quality
+`make bench` runs the cost benchmarks (speed, MFU, memory, scale): about 14 minutes on 2 cores. The model-quality
 evaluations (QUALITY: MOSI and RAVDESS accuracy, 10-40 minutes each on 2 cores) run with ``--quality`` or
 ``--only NAME`` (`make bench-quality`); their last JSONs stay in the summary, marked with their own date.
 
