@@ -217,13 +217,16 @@ def main() -> None:
                     init_ray()
                     figures["ray_init_s"] = round(time.perf_counter() - t0, 2)
                 fig["ray"] = ray_job(rows, words, args.features, work)
-                # The job again on a few clips: T(audio) = fixed + audio / steady rate separates start-up from
-                # throughput (two sizes, one run each).
-                small = ray_job(rows[:max(2, n // 10)], words, args.features, work, "-small")
-                slope = (fig["ray"]["wall_s"] - small["wall_s"]) / (fig["ray"]["audio_seconds"] - small["audio_seconds"])
-                fig["ray_small"] = small
-                fig["ray_fixed_startup_s"] = round(small["wall_s"] - small["audio_seconds"] * slope, 1)
-                fig["ray_steady_x_realtime"] = round(1 / slope, 1) if slope > 0 else None
+                # The job again on a tenth of the clips: T(audio) = fixed + audio / steady rate separates start-up
+                # from throughput (two sizes, one run each). Too few clips for two sizes: no fit.
+                k = max(1, len(rows) // 10)
+                if k < len(rows):
+                    small = ray_job(rows[:k], words, args.features, work, "-small")
+                    slope = ((fig["ray"]["wall_s"] - small["wall_s"])
+                             / (fig["ray"]["audio_seconds"] - small["audio_seconds"]))
+                    fig["ray_small"] = small
+                    fig["ray_fixed_startup_s"] = round(small["wall_s"] - small["audio_seconds"] * slope, 1)
+                    fig["ray_steady_x_realtime"] = round(1 / slope, 1) if slope > 0 else None
                 seq = fig["sequential"]
                 fig["ray_vs_sequential"] = round(fig["ray"]["x_realtime"] / seq["x_realtime_with_load"], 3)
                 fig["ray_overhead_vs_sequential"] = round(seq["x_realtime_with_load"] / fig["ray"]["x_realtime"] - 1, 3)
