@@ -189,6 +189,7 @@ def in_process(ckpt: str, table, args, peaks: dict) -> dict:
     import torch
 
     from cmbert.collate import token_lengths
+    from cmbert.raysetup import start_local_ray
     from cmbert.scoring import INPUT_COLUMNS
 
     torch.set_num_threads(args.threads)
@@ -323,8 +324,7 @@ def ray_job(ckpt: str, table, args, work: str) -> dict:
     storage.write_table(table.slice(0, n_small), small, UTTERANCES_SCHEMA)
     os.environ.pop("RAY_ADDRESS", None)  # a fresh local instance, never someone else's cluster
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             object_store_memory=512 * 1024 ** 2, log_to_driver=False, configure_logging=False)
+    start_local_ray(include_dashboard=False, num_cpus=2, object_store_memory=512 * 1024 ** 2, log_to_driver=False)
     ray_init_s = time.perf_counter() - t0
     ray.data.DataContext.get_current().enable_progress_bars = False
     tallies = []

@@ -1,8 +1,37 @@
-"""Connecting a job to Ray: the cluster in RAY_ADDRESS (set by `ray job submit`), else a local one on loopback."""
+"""Connecting a job to Ray: the cluster in RAY_ADDRESS (set by `ray job submit`), else a private one on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+
+LOOPBACK = "127.0.0.1"
+# Ray binds every server (GCS, raylet, core workers, agents) to all interfaces unless this is 0. It reads the
+# variable once, when `ray` is imported (ray._private.ray_constants.ENABLE_RAY_CLUSTER), so setting it later only
+# reaches the processes Ray starts, not the driver that starts them.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def loopback_only() -> None:
+    """Make the Ray started next from this process (and every process it starts) listen on 127.0.0.1 only.
+
+    For private instances: local jobs, tests, the multi-node test cluster. Never call it before joining a real
+    cluster: a driver that thinks its node is 127.0.0.1 cannot find its raylet among the cluster's addresses.
+    """
+    os.environ[LOOPBACK_ENV] = "0"
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # ray may have been imported before the variable was set
+
+
+def check_loopback() -> None:
+    """Refuse to run on a private Ray that came up on another address (it would expose its ports)."""
+    import ray
+
+    address = ray.util.get_node_ip_address()
+    if address != LOOPBACK:
+        ray.shutdown()
+        raise RuntimeError(f"the private local Ray came up on {address}, not {LOOPBACK}; refusing to run")
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -10,16 +39,120 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Workers inherit this. OpenMP's spinning wait costs 10-60x on a shared CPU (bench/bench_score.py finding);
     # a dedicated node may set OMP_WAIT_POLICY=ACTIVE explicitly.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
-    # address="local": always a private instance, never a cluster some other process left in /tmp/ray.
-    start_with_retries(lambda: ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                                        _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=True))
+    dashboard = start_local_ray(num_cpus=num_cpus, log_to_driver=True)
+    print(f"ray: private local Ray on {LOOPBACK}; dashboard http://{dashboard}", flush=True)
+
+
+def start_local_ray(include_dashboard: bool = True, **init_args) -> str | None:
+    """A private Ray instance on loopback (never a cluster some other process left in /tmp/ray).
+
+    Its address is chosen up front and handed to every process it starts: Ray's own helpers (Ray Train's
+    PlacementGroupCleaner, the state API) otherwise look for "their" cluster by scanning the machine for GCS
+    processes, which fails once two Rays run here. The state API needs the dashboard, so it is on (loopback).
+    """
+    import ray
+
+    loopback_only()
+    init_args = {"configure_logging": False, **init_args}
+    if include_dashboard:
+        init_args |= {"include_dashboard": True, "dashboard_host": LOOPBACK, "dashboard_port": free_port(8265)}
+    else:
+        init_args["include_dashboard"] = False
+
+    started = []
+
+    def start():
+        gcs = f"{LOOPBACK}:{free_port()}"
+        with _environ(RAY_GCS_SERVER_PORT=gcs.split(":")[1], RAY_ADDRESS=gcs):  # inherited by Ray's processes only
+            started.append(ray.init(address="local", _node_ip_address=LOOPBACK, **init_args))
+
+    start_with_retries(start)
+    check_loopback()
+    return started[-1].dashboard_url  # host:port, or None without the dashboard
+
+
+def free_port(preferred: int = 0) -> int:
+    """``preferred`` if nothing listens on it on loopback, else a port the kernel finds free."""
+    import socket
+
+    for port in ((preferred, 0) if preferred else (0,)):
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port on loopback")
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def torch_config():
+    """Ray Train's torch process-group setup for the Ray this driver is connected to.
+
+    When the driver's node is 127.0.0.1 the whole cluster is on this machine (a private local Ray, or the
+    loopback test cluster), and the process group must listen there too: torch's TCPStore server binds every
+    interface, and gloo picks the interface of the host name, unless told otherwise.
+    """
+    import ray
+    from ray.train.torch import TorchConfig
+
+    if ray.util.get_node_ip_address() != LOOPBACK:
+        return TorchConfig()
+    from ray.train.torch.config import _TorchBackend
+
+    class LoopbackTorchBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config):
+            worker_group.execute(_process_group_on_loopback)
+            super().on_start(worker_group, backend_config)
+
+    class LoopbackTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return LoopbackTorchBackend
+
+    return LoopbackTorchConfig()
+
+
+def _process_group_on_loopback() -> None:
+    """Runs in each Ray Train worker before torch.distributed starts (torch 2.13's env:// rendezvous)."""
+    import importlib
+    import socket
+
+    # the module, not the function torch.distributed re-exports under the same name
+    rendezvous = importlib.import_module("torch.distributed.rendezvous")
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's pair sockets on the loopback interface
+    tcp_store = rendezvous.TCPStore
+    if getattr(tcp_store, "on_loopback", False):
+        return
+
+    def loopback_store(*args, **kwargs):
+        # rank 0 hosts the store; TCPStore has no bind address, but serves on a socket it is handed
+        if kwargs.get("is_master") and kwargs.get("master_listen_fd") is None:
+            kwargs["master_listen_fd"] = socket.create_server((LOOPBACK, kwargs["port"])).detach()
+        return tcp_store(*args, **kwargs)
+
+    loopback_store.on_loopback = True
+    rendezvous.TCPStore = loopback_store
 
 
 def start_with_retries(start, attempts: int = 3) -> None:

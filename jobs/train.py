@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from cmbert.raysetup import cluster_cpus, init_ray
+    from cmbert.raysetup import cluster_cpus, init_ray, torch_config
 
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in seed_list(cfg.seeds):
             trainer = TorchTrainer(
                 train_func,
+                torch_config=torch_config(),
                 train_loop_config={"train": asdict(cfg), "seed": seed, "model": model_cfg.to_dict(),
                                    "audio_dim": model_cfg.audio_dim, "feature_set": feature_set,
                                    "feature_dim": feature_dim, "model_id": model_id, "threads": threads,

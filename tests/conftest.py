@@ -266,17 +266,9 @@ def ray_local():
     import ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    from cmbert.raysetup import start_with_retries
+    from cmbert.raysetup import start_local_ray
 
-    start_with_retries(lambda: ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        object_store_memory=512 * 1024**2,
-        log_to_driver=False,
-        configure_logging=False,
-    ))
+    start_local_ray(include_dashboard=False, num_cpus=2, object_store_memory=512 * 1024**2, log_to_driver=False)
     try:
         yield ray
     finally:

@@ -19,6 +19,7 @@ import pytest
 
 from cmbert_tiny import tiny_encoder_dir
 from conftest import REPO, free_ports
+from netcheck import Watch
 
 SCRIPT = REPO / "cluster" / "ray-local.sh"
 RAY = REPO / ".venv" / "bin" / "ray"
@@ -53,6 +54,7 @@ def test_submit_preprocess_to_local_head():
         assert started.returncode == 0, started.stdout + started.stderr
         status = _run(["bash", str(SCRIPT), "status"], env, timeout=60)
         assert status.returncode == 0 and "running" in status.stdout, status.stdout + status.stderr
+        watch = Watch(int((Path(ray_dir) / "head.pid").read_text())).start()  # head, workers, job drivers
 
         job_id = f"cmbert-test-{uuid.uuid4().hex[:8]}"
         submit = _run(
@@ -88,6 +90,10 @@ def test_submit_preprocess_to_local_head():
         log = train.stdout + train.stderr
         assert train.returncode == 0 and f"Job '{train_id}' succeeded" in log, log[-4000:]
         assert (ckpt / "meta.json").is_file() and (ckpt / "seed-1" / "model.safetensors").is_file()
+        seen = watch.stop()
+        assert any(s.process == "raylet" for s in seen), sorted(seen)
+        exposed = sorted(s for s in seen if not s.loopback)
+        assert not exposed, f"cluster/ray-local.sh's head listens beyond loopback: {exposed}"
     finally:
         stopped = _run(["bash", str(SCRIPT), "stop"], env, timeout=120)
         after = _run(["bash", str(SCRIPT), "status"], env, timeout=60)
