@@ -233,10 +233,11 @@ def build_encoder(config: CMBertConfig) -> nn.Module:
 
     if config.encoder_config is None:
         path = resolve_encoder(config.encoder)
-        try:  # BERT-family encoders: drop the pooler, CM-BERT never uses it (and DDP dislikes unused weights)
-            encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
-        except TypeError:
-            encoder = AutoModel.from_pretrained(path)
+        encoder = AutoModel.from_pretrained(path)
+        if getattr(encoder, "pooler", None) is not None:
+            # CM-BERT never uses the pooler (and DDP dislikes unused weights). Loaded, then dropped: loading the
+            # model without it would print transformers' LOAD REPORT of "unexpected" pooler weights in every worker.
+            encoder.pooler = None
         config.encoder_config = encoder.config.to_dict()
         return encoder
     data = dict(config.encoder_config)

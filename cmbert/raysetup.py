@@ -59,17 +59,14 @@ def start_local_ray(include_dashboard: bool = True, **init_args) -> str | None:
     import ray
 
     loopback_only()
-    init_args = {"configure_logging": False, **init_args}
-    if include_dashboard:
-        init_args |= {"include_dashboard": True, "dashboard_host": LOOPBACK, "dashboard_port": free_port(8265)}
-    else:
-        init_args["include_dashboard"] = False
-
+    init_args = {"configure_logging": False, "include_dashboard": include_dashboard, **init_args}
     started = []
 
     def start():
-        gcs = f"{LOOPBACK}:{free_port()}"
-        with _environ(RAY_GCS_SERVER_PORT=gcs.split(":")[1], RAY_ADDRESS=gcs):  # inherited by Ray's processes only
+        gcs, dashboard = free_ports(2, preferred=(0, 8265))  # picked together, so they differ
+        if include_dashboard:
+            init_args.update(dashboard_host=LOOPBACK, dashboard_port=dashboard)
+        with _environ(RAY_GCS_SERVER_PORT=str(gcs), RAY_ADDRESS=f"{LOOPBACK}:{gcs}"):  # for Ray's processes only
             started.append(ray.init(address="local", _node_ip_address=LOOPBACK, **init_args))
 
     start_with_retries(start)
@@ -77,18 +74,27 @@ def start_local_ray(include_dashboard: bool = True, **init_args) -> str | None:
     return started[-1].dashboard_url  # host:port, or None without the dashboard
 
 
-def free_port(preferred: int = 0) -> int:
-    """``preferred`` if nothing listens on it on loopback, else a port the kernel finds free."""
+def free_ports(n: int, preferred: tuple[int, ...] = ()) -> list[int]:
+    """``n`` distinct ports free on loopback now (a preferred one when it is free), held open together so they differ."""
     import socket
 
-    for port in ((preferred, 0) if preferred else (0,)):
-        with socket.socket() as sock:
-            try:
-                sock.bind((LOOPBACK, port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise OSError("no free port on loopback")
+    socks, ports = [], []
+    try:
+        for i in range(n):
+            for port in ((preferred[i], 0) if i < len(preferred) and preferred[i] else (0,)):
+                sock = socket.socket()
+                try:
+                    sock.bind((LOOPBACK, port))
+                except OSError:
+                    sock.close()
+                    continue
+                socks.append(sock)
+                ports.append(sock.getsockname()[1])
+                break
+    finally:
+        for sock in socks:
+            sock.close()
+    return ports
 
 
 @contextlib.contextmanager
@@ -164,7 +170,8 @@ def start_with_retries(start, attempts: int = 3) -> None:
             start()
             return
         except Exception as exc:  # ray raises a bare Exception for this
-            if "timed out during startup" not in str(exc) or attempt == attempts:
+            # a port picked as free can be taken before Ray binds it: the next attempt picks new ones
+            if not any(m in str(exc) for m in ("timed out during startup", "already occupied")) or attempt == attempts:
                 raise
             ray.shutdown()
             print(f"ray: local start timed out (attempt {attempt}/{attempts}); retrying", flush=True)

@@ -31,6 +31,7 @@ class DemoConfig:
     output: str = field(default="runs/demo", metadata={"help": "where every output of the demo goes"})
     epochs: int = field(default=2, metadata={"help": "training epochs (short: the corpus is tiny)"})
     fresh: bool = field(default=True, metadata={"help": "delete the previous demo output first"})
+    encoder: str | None = field(default=None, metadata={"help": "encoder for the training step (default: train's)"})
 
 
 def step(title: str, job_main, argv: list[str]) -> None:
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         step("train", train.main, ["--train", f"{data}/utterances", "--dev", f"{data}/utterances",
                                    "--output", ckpt, "--epochs", str(cfg.epochs), "--cls-audio", "mean",
-                                   "--seeds", "1", "--workers", "1"])
+                                   "--seeds", "1", "--workers", "1"]
+                                  + (["--encoder", cfg.encoder] if cfg.encoder else []))
         step("evaluate", evaluate.main, ["--checkpoint", ckpt, "--data", f"{data}/utterances",
                                          "--output", f"{out}/metrics.json", "--heatmaps", f"{out}/heatmaps"])
         step("score", score.main, ["--checkpoint", ckpt, "--input", f"{data}/utterances", "--output", scores])
@@ -79,5 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from cmbert.console import quiet_console
+
+    quiet_console()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.exit(main())

@@ -102,4 +102,7 @@ def _check_features(meta: dict, rows: list[dict], uri: str) -> None:
 
 
 if __name__ == "__main__":
+    from cmbert.console import quiet_console
+
+    quiet_console()
     main()

@@ -222,4 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from cmbert.console import quiet_console
+
+    quiet_console()
     sys.exit(main())

@@ -402,4 +402,7 @@ def _write_run_row(cfg, run_id, started, status, train_table, n_unlabelled, n_ou
 
 
 if __name__ == "__main__":
+    from cmbert.console import quiet_console
+
+    quiet_console()
     main()

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,19 +39,7 @@ S3_STOP_GRACE_S = 1.0  # weed may ignore SIGTERM for ~20 s; its data is throwawa
 
 # ---------------------------------------------------------------- ports
 
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from cmbert.raysetup import free_ports  # noqa: E402  (after the environment above; one port picker for all)
 
 
 def closed_port() -> int:

@@ -9,6 +9,11 @@ import threading
 from dataclasses import dataclass
 
 LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp{,6}
+# What a job's console must not carry (issues 16, 17): Ray's unreachable-GCS lines, and Ray's and libraries'
+# internals that cmbert.console keeps in Ray's log files.
+CONSOLE_NOISE = ("PlacementGroupCleaner", "Failed to query Ray Train Controller", "Timed out while waiting for GCS",
+                 "GCS to become available", "has constructor arguments in the object store", "Progress bars disabled",
+                 "LOAD REPORT", "Token authentication is enabled")
 
 
 @dataclass(frozen=True, order=True)

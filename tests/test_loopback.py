@@ -17,15 +17,12 @@ import pytest
 
 from cmbert_tiny import tiny_encoder_dir
 from conftest import REPO
-from netcheck import run_watching
+from netcheck import CONSOLE_NOISE, run_watching
 
 pytestmark = pytest.mark.slow
 
 CORPUS = REPO / "tests" / "fixtures" / "corpus"
 TEXT = "This was a terrible film. The plot made no sense and I wanted my money back."
-# What Ray prints when its processes cannot reach each other on the address they advertise (issue 17).
-NOISE = ("PlacementGroupCleaner", "Failed to query Ray Train Controller", "Timed out while waiting for GCS",
-         "GCS to become available")
 
 
 def user_env() -> dict:
@@ -45,8 +42,8 @@ def assert_private(name: str, console: str, seen) -> None:
     assert any(s.process == "raylet" for s in seen), f"{name}: never saw the job's raylet listening: {sorted(seen)}"
     exposed = sorted(s for s in seen if not s.loopback)
     assert not exposed, f"{name}: listening beyond loopback: {exposed}"
-    noisy = [line for line in console.splitlines() if any(n in line for n in NOISE)]
-    assert not noisy, f"{name}: console carries Ray's unreachable-GCS lines: {noisy[:3]}"
+    noisy = [line for line in console.splitlines() if any(n in line for n in CONSOLE_NOISE)]
+    assert not noisy, f"{name}: console carries Ray's internals: {noisy[:3]}"
 
 
 @pytest.fixture(scope="module")
