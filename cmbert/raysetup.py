@@ -63,7 +63,7 @@ def start_local_ray(include_dashboard: bool = True, **init_args) -> str | None:
     started = []
 
     def start():
-        gcs, dashboard = free_ports(2, preferred=(0, 8265))  # picked together, so they differ
+        gcs, dashboard = free_ports(2)  # picked together, so they differ; not 8265, which a ray-local.sh head uses
         if include_dashboard:
             init_args.update(dashboard_host=LOOPBACK, dashboard_port=dashboard)
         with _environ(RAY_GCS_SERVER_PORT=str(gcs), RAY_ADDRESS=f"{LOOPBACK}:{gcs}"):  # for Ray's processes only
@@ -74,27 +74,20 @@ def start_local_ray(include_dashboard: bool = True, **init_args) -> str | None:
     return started[-1].dashboard_url  # host:port, or None without the dashboard
 
 
-def free_ports(n: int, preferred: tuple[int, ...] = ()) -> list[int]:
-    """``n`` distinct ports free on loopback now (a preferred one when it is free), held open together so they differ."""
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on loopback now (held open together so they differ)."""
     import socket
 
-    socks, ports = [], []
+    socks = []
     try:
-        for i in range(n):
-            for port in ((preferred[i], 0) if i < len(preferred) and preferred[i] else (0,)):
-                sock = socket.socket()
-                try:
-                    sock.bind((LOOPBACK, port))
-                except OSError:
-                    sock.close()
-                    continue
-                socks.append(sock)
-                ports.append(sock.getsockname()[1])
-                break
+        for _ in range(n):
+            sock = socket.socket()
+            socks.append(sock)
+            sock.bind((LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in socks]
     finally:
         for sock in socks:
             sock.close()
-    return ports
 
 
 @contextlib.contextmanager
@@ -171,7 +164,8 @@ def start_with_retries(start, attempts: int = 3) -> None:
             return
         except Exception as exc:  # ray raises a bare Exception for this
             # a port picked as free can be taken before Ray binds it: the next attempt picks new ones
-            if not any(m in str(exc) for m in ("timed out during startup", "already occupied")) or attempt == attempts:
+            retry = ("timed out during startup", "already occupied", "address already in use")
+            if not any(m in str(exc) for m in retry) or attempt == attempts:
                 raise
             ray.shutdown()
             print(f"ray: local start timed out (attempt {attempt}/{attempts}); retrying", flush=True)
