@@ -79,9 +79,10 @@ step() {
     echo "[nightly] $name done in $((SECONDS - t0)) s"
 }
 
-settings_json() {
-    "$PYTHON" -c 'import json, os, sys; print(json.dumps({"env_vars": {k: os.environ[k] for k in sys.argv[1:]}}))' \
-        "${SETTINGS[@]}"
+runtime_env_json() {
+    # The upload skips what .gitignore lists (.venv, runs) and .git; the job gets the resolved settings.
+    "$PYTHON" -c 'import json, os, sys
+print(json.dumps({"excludes": [".git"], "env_vars": {k: os.environ[k] for k in sys.argv[1:]}}))' "${SETTINGS[@]}"
 }
 
 mode="${1:-}"
@@ -108,7 +109,7 @@ case "$mode" in
     load_settings
     cd "$REPO"
     exec ray job submit --address "${RAY_ADDRESS:-http://127.0.0.1:8265}" --working-dir . \
-        --runtime-env-json "$(settings_json)" -- bash cluster/nightly.sh run
+        --runtime-env-json "$(runtime_env_json)" -- bash cluster/nightly.sh run
     ;;
   rayjob)
     # generateName gives each night its own RayJob (cmbert-nightly-xxxxx); the RayJob deletes its cluster.

@@ -161,17 +161,33 @@ def _pyplot():
 
 def plot_trend(trend: pl.DataFrame, path: str) -> str:
     """A PNG of the daily mean score per model version (matplotlib, no display needed)."""
+    import datetime as dt
+
+    import matplotlib.dates as mdates
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    days = trend["score_date"].to_list()
+    few = trend.height <= 14  # label each point with its utterance count while that stays readable
     for (version,), part in trend.sort("score_date").group_by(["model_version"], maintain_order=True):
-        ax.plot(part["score_date"].to_list(), part["mean_score"].to_list(), marker="o", label=str(version))
+        x, y = part["score_date"].to_list(), part["mean_score"].to_list()
+        ax.plot(x, y, marker="o", label=str(version))
+        if few:
+            for xi, yi, n in zip(x, y, part["utterances"].to_list()):
+                ax.annotate(f"n={n}", (xi, yi), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=7)
+    if days:  # at least a week wide: one day alone would otherwise span years of ticks
+        lo, hi = min(days), max(days)
+        pad = dt.timedelta(days=max(1, (7 - (hi - lo).days) // 2 + 1) if (hi - lo).days < 7 else 1)
+        ax.set_xlim(lo - pad, hi + pad)
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=10)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_ylim(-3, 3)
-    ax.set_xlabel("score date")
+    ax.set_xlabel("score date (UTC)")
     ax.set_ylabel("mean sentiment (-3..3)")
-    ax.set_title("Daily mean sentiment")
+    ax.set_title("Daily mean sentiment of the utterances scored that day")
     ax.legend(title="model version", fontsize="small")
-    fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -209,17 +225,19 @@ def plot_clip(rows: pl.DataFrame, path: str, ids: Sequence[str] = ()) -> str:
     ax.set_yticks(range(-3, 4))
     lo, hi = scores.index(min(scores)), scores.index(max(scores))
     texts = rows["text"].to_list()
-    for i, label, below in ((hi, "most positive", True), (lo, "most negative", False)):
-        if i == lo and label == "most positive" and lo == hi:
-            continue
+    marks = [(hi, "most positive" if scores[hi] >= 0 else "highest", True)]
+    if lo != hi:
+        marks.append((lo, "most negative" if scores[lo] < 0 else "lowest", False))
+    for i, label, top in marks:
         mid = (start[i] + end[i]) / 2
         frac = (mid - ax.get_xlim()[0]) / (ax.get_xlim()[1] - ax.get_xlim()[0])
         ha = "left" if frac < 0.3 else "right" if frac > 0.7 else "center"
-        # quote above a low segment, below a high one, so the text stays inside the axes
-        above = scores[i] < 0.5 if lo != hi else scores[i] < 0
+        # the highest line's quote above it and the lowest's below, away from the other segments, unless
+        # that would leave the axes
+        above = scores[i] < 1.6 if top else scores[i] < -1.6
         ax.annotate(f"{label} ({scores[i]:+.2f}):\n" + textwrap.fill(_quote(texts[i]), 46),
                     xy=(mid, scores[i]), xytext=(0, 22 if above else -22), textcoords="offset points",
-                    ha=ha, va="bottom" if above else "top", fontsize=8,
+                    ha=ha, va="bottom" if above else "top", multialignment="left", fontsize=8,
                     bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.6", "alpha": 0.9},
                     arrowprops={"arrowstyle": "-", "color": "0.4", "linewidth": 0.8})
     ax.set_xlabel("time in the clip (s)" if timed else "utterance (text-only rows have no times)")

@@ -203,7 +203,8 @@ def test_every_scheduler_calls_the_same_script(tmp_path):
     assert submit[:7] == ["ray", "job", "submit", "--address", "http://head:8265", "--working-dir", "."]
     assert submit[-4:] == ["--", "bash", "cluster/nightly.sh", "run"]
     runtime_env = json.loads(submit[submit.index("--runtime-env-json") + 1])
-    assert runtime_env == {"env_vars": env_file_settings() | {"CMBERT_OUTPUT": "s3://b/o"}}  # what the job runs
+    assert runtime_env["env_vars"] == env_file_settings() | {"CMBERT_OUTPUT": "s3://b/o"}  # what the job runs
+    assert runtime_env["excludes"] == [".git"]
     created = script("rayjob", path_prefix=str(stubs)).splitlines()
     assert created[:2] == ["kubectl", "create"] and created[-1] == str(KUBERAY / "rayjob-nightly.yaml")
     for bad in (["bogus"], ["print", "train"]):
