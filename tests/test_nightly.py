@@ -74,7 +74,8 @@ def night(env: dict, mode: str, date: str, kill_at: str | None = None) -> tuple[
     proc = subprocess.Popen(["bash", str(SCRIPT), mode], env=env | {"CMBERT_SCORE_DATE": date}, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
-    deadline = time.monotonic() + 400
+    t0 = time.monotonic()
+    deadline = t0 + 400
     for line in proc.stdout:
         lines.append(line)
         if kill_at and line.startswith(kill_at):
@@ -84,6 +85,7 @@ def night(env: dict, mode: str, date: str, kill_at: str | None = None) -> tuple[
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("night did not finish in 400 s:\n" + "".join(lines[-40:]))
     proc.wait(timeout=60)
+    print(f"night {date} ({mode}): {time.monotonic() - t0:.0f} s")  # shown with pytest -s
     return proc.returncode, "".join(lines)
 
 
