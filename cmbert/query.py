@@ -225,7 +225,7 @@ def plot_clip(rows: pl.DataFrame, path: str, ids: Sequence[str] = ()) -> str:
     ax.set_yticks(range(-3, 4))
     lo, hi = scores.index(min(scores)), scores.index(max(scores))
     texts = rows["text"].to_list()
-    marks = [(hi, "most positive" if scores[hi] >= 0 else "highest", True)]
+    marks = [(hi, "the only line" if rows.height == 1 else "most positive" if scores[hi] >= 0 else "highest", True)]
     if lo != hi:
         marks.append((lo, "most negative" if scores[lo] < 0 else "lowest", False))
     for i, label, top in marks:
@@ -240,7 +240,11 @@ def plot_clip(rows: pl.DataFrame, path: str, ids: Sequence[str] = ()) -> str:
                     ha=ha, va="bottom" if above else "top", multialignment="left", fontsize=8,
                     bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.6", "alpha": 0.9},
                     arrowprops={"arrowstyle": "-", "color": "0.4", "linewidth": 0.8})
-    ax.set_xlabel("time in the clip (s)" if timed else "utterance (text-only rows have no times)")
+    if timed:
+        ax.set_xlabel("time in the clip (s)")
+    else:
+        ax.set_xticks([i + 0.4 for i in start], [str(i + 1) for i in range(rows.height)])
+        ax.set_xlabel("utterance (text-only rows have no times)")
     ax.set_ylabel("sentiment (-3 negative .. +3 positive)")
     first = rows.row(0, named=True)
     named = [f"{k}={first[k]}" for k in ids if first.get(k) is not None]

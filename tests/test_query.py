@@ -130,3 +130,13 @@ def test_plot_clip_by_source_and_by_id_and_unknown(scores_dir, tmp_path, capsys)
     assert query.main(["--scores", scores_dir, "--plot-clip", "videos/nope.mp4", str(missing)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no clip 'videos/nope.mp4'" in err and not missing.exists()
+
+
+def test_plot_clip_of_text_only_rows(tmp_path):
+    """Text-only manifest rows have no times: one slot per utterance, in order."""
+    rows = pl.DataFrame({"utterance_id": ["t1", "t2"], "clip_id": ["abc"] * 2, "source": ["manifest:3"] * 2,
+                         "speaker": [None, None], "start": [None, None], "end": [None, None],
+                         "text": ["fine words", "awful words"], "score": [0.5, -1.0], "model_version": ["v"] * 2},
+                        schema_overrides={"start": pl.Float64, "end": pl.Float64, "speaker": pl.String})
+    png = query.plot_clip(rows, str(tmp_path / "t.png"))
+    assert open(png, "rb").read(8) == PNG
