@@ -183,7 +183,8 @@ def plot_trend(trend: pl.DataFrame, path: str) -> str:
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_ylim(-3, 3)
+    ax.set_ylim(-3.3, 3.3)  # room for a point at the scale's end and its label
+    ax.set_yticks(range(-3, 4))
     ax.set_xlabel("score date (UTC)")
     ax.set_ylabel("mean sentiment (-3..3)")
     ax.set_title("Daily mean sentiment of the utterances scored that day")
