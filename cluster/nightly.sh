@@ -8,7 +8,8 @@
 #   nightly.sh submit        ray job submit --address "$RAY_ADDRESS" --working-dir <repo> -- bash cluster/nightly.sh run
 #   nightly.sh rayjob        kubectl create a RayJob from kuberay/rayjob-nightly.yaml (a fresh GPU cluster)
 #   nightly.sh run           both steps here, one after the other (inside a Ray job, or beside a Ray cluster:
-#                            RAY_ADDRESS; without it each job starts its own local Ray)
+#                            RAY_ADDRESS; without it each job starts its own local Ray); scoring runs even if
+#                            preprocessing failed; exit 1 if either failed
 #   nightly.sh print STEP    the command of STEP (preprocess | score), one argument per line
 #   nightly.sh settings      the resolved settings, KEY=VALUE
 #
@@ -68,15 +69,18 @@ score_command() {
     CMD+=("${opts[@]}")
 }
 
+FAILED=()
+
 step() {
     local name="$1" t0=$SECONDS
     "${name}_command"
     echo "[nightly] $name: ${CMD[*]}"
-    if ! "${CMD[@]}"; then
+    if "${CMD[@]}"; then
+        echo "[nightly] $name done in $((SECONDS - t0)) s"
+    else
         echo "[nightly] $name failed after $((SECONDS - t0)) s; the next night picks up what is missing" >&2
-        exit 1
+        FAILED+=("$name")
     fi
-    echo "[nightly] $name done in $((SECONDS - t0)) s"
 }
 
 runtime_env_json() {
@@ -91,7 +95,13 @@ case "$mode" in
     load_settings
     cd "$REPO"
     step preprocess
+    # Scoring runs even when preprocessing failed: what earlier nights (or this one) published is whole, and
+    # scoring it now is never wrong; the failed step's work is done by the next night.
     step score
+    if (( ${#FAILED[@]} )); then
+        echo "[nightly] failed: ${FAILED[*]}" >&2
+        exit 1
+    fi
     echo "[nightly] done: scores in $CMBERT_OUTPUT/scores"
     ;;
   print)

@@ -318,3 +318,16 @@ def test_check_image_agrees_with_this_venv_and_catches_a_wrong_pin():
     assert check_image.check_pins({"numpy": "0.0.1"}) == [f"numpy is {check_image.metadata.version('numpy')}, "
                                                           "the repo pins 0.0.1"]
     assert check_image.check_pins({"not-a-package-cmbert": "1.0"}) == ["not-a-package-cmbert==1.0 is not installed"]
+
+
+def test_a_failed_preprocess_still_scores_and_fails_the_night(tmp_path):
+    """Scoring what is already published is never wrong; the night still reports the failure (exit 1)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text('#!/usr/bin/env bash\necho "$1" >> "$CALLS"\n[[ "$1" != jobs/preprocess.py ]]\n')
+    (fake / "python").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMBERT_")} | LOCAL | {
+        "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
+    night = subprocess.run(["bash", str(SCRIPT), "run"], env=env, capture_output=True, text=True, timeout=30)
+    assert night.returncode == 1 and "[nightly] failed: preprocess" in night.stderr
+    assert (tmp_path / "calls").read_text().split() == ["jobs/preprocess.py", "jobs/score.py"]
