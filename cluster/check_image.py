@@ -61,14 +61,13 @@ def check_cuda() -> list[str]:
     return [] if torch.version.cuda else [f"torch {torch.__version__} is not a CUDA build"]
 
 
-def check_models() -> list[str]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+def model_loaders() -> dict:
+    """One loader per bundled model, as the jobs call them (nothing is loaded here)."""
     sys.path.insert(0, str(REPO))
     from cmbert.audio import diarize, features, vad, words
     from cmbert.model import resolve_encoder
 
-    loads = {
+    return {
         "encoder minilm": lambda: resolve_encoder("minilm"),
         "vad": vad.load_vad,
         "aligner": words.load_aligner,
@@ -77,8 +76,13 @@ def check_models() -> list[str]:
         "features egemaps": lambda: features.load_features("egemaps"),
         "features whisper": lambda: features.load_features("whisper"),
     }
+
+
+def check_models() -> list[str]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     problems = []
-    for name, load in loads.items():
+    for name, load in model_loaders().items():
         try:
             load()
         except Exception as exc:  # report every model that fails, not just the first

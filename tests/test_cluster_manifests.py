@@ -318,6 +318,9 @@ def test_check_image_agrees_with_this_venv_and_catches_a_wrong_pin():
     assert check_image.check_pins({"numpy": "0.0.1"}) == [f"numpy is {check_image.metadata.version('numpy')}, "
                                                           "the repo pins 0.0.1"]
     assert check_image.check_pins({"not-a-package-cmbert": "1.0"}) == ["not-a-package-cmbert==1.0 is not installed"]
+    # the build's model check names loaders that exist (loading them all is the build's job, ~30 s)
+    loaders = check_image.model_loaders()
+    assert {"encoder minilm", "vad", "aligner", "asr"} <= set(loaders) and all(map(callable, loaders.values()))
 
 
 def test_a_failed_preprocess_still_scores_and_fails_the_night(tmp_path):
