@@ -39,8 +39,10 @@ PARTITION_COLUMNS = ("score_date", "model_version")
 # What a stage returns: a score row, or the same row with ``error`` set and no score (it is not written).
 RESULT_SCHEMA = pa.schema([f.with_nullable(True) for f in SCORES_SCHEMA] + [pa.field("error", pa.string())])
 # Utterance columns the scorer reads (``words`` carries the per-word audio features).
-INPUT_COLUMNS = ["utterance_id", "clip_id", "speaker", "start", "end", "text", "words", "audio_present",
-                 "feature_set", "feature_dim"]
+INPUT_COLUMNS = ["utterance_id", "clip_id", "source", "extra", "speaker", "start", "end", "text", "words",
+                 "audio_present", "feature_set", "feature_dim"]
+# Utterance columns copied into every score row as they are: where the scored words come from.
+CARRIED_COLUMNS = ("utterance_id", "clip_id", "source", "extra", "speaker", "start", "end", "text")
 
 
 class CheckpointMismatch(ValueError):
@@ -252,12 +254,13 @@ class ScoreStamp:
 
 def score_records(rows: list[dict], scores: Sequence[float], errors: Sequence[str | None], stamp: ScoreStamp,
                   scored_at: dt.datetime) -> list[dict]:
-    """Rows in RESULT_SCHEMA form: SCORES_SCHEMA columns, plus ``error`` (score null) for failed rows."""
+    """Rows in RESULT_SCHEMA form: SCORES_SCHEMA columns, plus ``error`` (score null) for failed rows.
+
+    Each row carries its utterance's ``source`` and manifest ``extra`` columns, so a score names its video."""
     out = []
     for row, raw, err in zip(rows, scores, errors):
-        rec = {
-            "utterance_id": row["utterance_id"], "clip_id": row["clip_id"], "speaker": row.get("speaker"),
-            "start": row.get("start"), "end": row.get("end"), "text": row["text"],
+        rec = {c: row.get(c) for c in CARRIED_COLUMNS}
+        rec |= {
             "model_id": stamp.model_id, "model_version": stamp.model_version, "run_id": stamp.run_id,
             "scored_at": scored_at, "score_date": stamp.score_date, "error": err,
             "score": None, "polarity": None, "label7": None,

@@ -64,12 +64,18 @@ REJECTS_SCHEMA = _versioned(
     ],
 )
 
+# v2: ``source`` and ``extra`` (where the scored utterance comes from, as in UTTERANCES_SCHEMA). Files written
+# as v1 lack them: readers that pass this schema get nulls there.
 SCORES_SCHEMA = _versioned(
     "scores",
-    "1",
+    "2",
     [
         pa.field("utterance_id", pa.string(), nullable=False),
         pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # the clip's path relative to --input, or "manifest:ROW"
+        # the clip's manifest columns other than file/text/label/start/end (e.g. video_id), as text; empty without
+        # a manifest. Carried whole: which of them identify a video is the reader's choice (cmbert.query --ids).
+        pa.field("extra", pa.map_(pa.string(), pa.string())),
         pa.field("speaker", pa.string()),
         pa.field("start", pa.float64()),
         pa.field("end", pa.float64()),

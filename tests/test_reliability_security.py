@@ -24,10 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 def hostile_settings(marker: Path) -> dict[str, str]:
     """Values that a shell would execute if the script ever evaluated them."""
     return {
+        "CMBERT_INPUT": f"s3://v/x; touch {marker}",
+        "CMBERT_MANIFEST": f"m.csv | touch {marker}",
         "CMBERT_CHECKPOINT": f"s3://m/x; touch {marker}",
-        "CMBERT_UTTERANCES": f"$(touch {marker})",
+        "CMBERT_DATA": f"$(touch {marker})",
         "CMBERT_OUTPUT": f"`touch {marker}` -rf --gpu",
-        "CMBERT_BATCH_SIZE": f"8 && touch {marker}",
+        "CMBERT_SCORE_DATE": f"2024-01-01 && touch {marker}",
+        # options are split into words on purpose, and nothing else: no expansion, no globbing, no evaluation
+        "CMBERT_PREPROCESS_OPTIONS": f"--actors 1 && touch {marker} *",
+        "CMBERT_SCORE_OPTIONS": f"--batch-size $(touch {marker})",
     }
 
 
@@ -36,19 +41,29 @@ def test_nightly_script_passes_settings_as_single_arguments(tmp_path):
     settings = hostile_settings(marker)
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "python").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    (fake / "python").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" "--" >> "$ARGS_OUT"\n')
     (fake / "python").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CMBERT_")} | settings | {
-        "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "ARGS_OUT": str(tmp_path / "args"), "CMBERT_GPU": "0"}
-    printed = subprocess.run(["bash", str(SCRIPT), "print"], env=env, capture_output=True, text=True, timeout=30,
-                             check=True).stdout.splitlines()
-    subprocess.run(["bash", str(SCRIPT), "run"], env=env, capture_output=True, text=True, timeout=30, check=True)
-    ran = (tmp_path / "args").read_text().splitlines()
-    want = ["--checkpoint", settings["CMBERT_CHECKPOINT"], "--input", settings["CMBERT_UTTERANCES"],
-            "--output", settings["CMBERT_OUTPUT"], "--batch-size", settings["CMBERT_BATCH_SIZE"]]
-    assert printed == ["python", "jobs/score.py", *want]
-    assert ran == ["jobs/score.py", *want]  # each value one argument, verbatim; no --gpu smuggled in
-    assert not marker.exists()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CMBERT_")} | {
+        "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "ARGS_OUT": str(tmp_path / "args")}
+    want_pre = ["jobs/preprocess.py", "--input", settings["CMBERT_INPUT"], "--output", settings["CMBERT_DATA"],
+                "--manifest", settings["CMBERT_MANIFEST"], *settings["CMBERT_PREPROCESS_OPTIONS"].split(" ")]
+    want_score = ["jobs/score.py", "--checkpoint", settings["CMBERT_CHECKPOINT"], "--input",
+                  settings["CMBERT_DATA"] + "/utterances", "--output", settings["CMBERT_OUTPUT"], "--score-date",
+                  settings["CMBERT_SCORE_DATE"], *settings["CMBERT_SCORE_OPTIONS"].split(" ")]
+    # the same values from the environment and from a settings file (which is parsed, never sourced)
+    env_file = tmp_path / "nightly.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    for env in (base | settings | {"CMBERT_ENV_FILE": str(REPO / "cluster" / "nightly.env")},
+                base | {"CMBERT_ENV_FILE": str(env_file)}):
+        (tmp_path / "args").unlink(missing_ok=True)
+        for step, want in (("preprocess", want_pre), ("score", want_score)):
+            printed = subprocess.run(["bash", str(SCRIPT), "print", step], env=env, capture_output=True, text=True,
+                                     timeout=30, check=True).stdout.splitlines()
+            assert printed == ["python", *want]
+        subprocess.run(["bash", str(SCRIPT), "run"], env=env, capture_output=True, text=True, timeout=30, check=True)
+        ran = (tmp_path / "args").read_text().splitlines()
+        assert ran == [*want_pre, "--", *want_score, "--"]  # each value verbatim; only the options split into words
+        assert not marker.exists()
 
 
 def test_pods_stay_off_the_host_with_the_default_seccomp_profile():

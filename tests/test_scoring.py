@@ -77,8 +77,10 @@ def test_score_rows_keeps_row_score_association_and_isolates_a_bad_row():
 
 
 def test_score_records_fit_the_schema():
-    rows = [{"utterance_id": "u1", "clip_id": "c", "speaker": "A", "start": 0.0, "end": 1.0, "text": "hi"},
-            {"utterance_id": "u2", "clip_id": "c", "speaker": None, "start": None, "end": None, "text": "no"}]
+    rows = [{"utterance_id": "u1", "clip_id": "c", "source": "videos/a.mp4", "extra": [("video_id", "yt-1")],
+             "speaker": "A", "start": 0.0, "end": 1.0, "text": "hi"},
+            {"utterance_id": "u2", "clip_id": "c", "source": "videos/a.mp4", "extra": [], "speaker": None,
+             "start": None, "end": None, "text": "no"}]
     stamp = ScoreStamp("cmbert-minilm", "v1", "score-1", "2024-05-01")
     now = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
     recs = score_records(rows, [4.2, float("nan")], [None, "broken"], stamp, now)
@@ -88,7 +90,7 @@ def test_score_records_fit_the_schema():
 
     ok = conform(ok, SCORES_SCHEMA)
     assert ok.to_pylist()[0] | {"scored_at": None} == {
-        "utterance_id": "u1", "clip_id": "c", "speaker": "A", "start": 0.0, "end": 1.0, "text": "hi", "score": 3.0,
+        "utterance_id": "u1", "clip_id": "c", "source": "videos/a.mp4", "extra": [("video_id", "yt-1")], "speaker": "A", "start": 0.0, "end": 1.0, "text": "hi", "score": 3.0,
         "polarity": "positive", "label7": 3, "model_id": "cmbert-minilm", "model_version": "v1", "run_id": "score-1",
         "scored_at": None, "score_date": "2024-05-01"}
     assert recs[1]["score"] is None and recs[1]["error"] == "broken"

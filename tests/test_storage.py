@@ -44,7 +44,7 @@ def reject_rows(n: int = 2) -> list[dict]:
 
 
 def score_rows(n: int = 2, date: str = "2025-01-02") -> list[dict]:
-    return [{"utterance_id": f"c{i}-000000000", "clip_id": f"c{i}", "speaker": None, "start": 0.0, "end": 2.0,
+    return [{"utterance_id": f"c{i}-000000000", "clip_id": f"c{i}", "source": f"c{i}.wav", "speaker": None, "start": 0.0, "end": 2.0,
              "text": "fine", "score": 1.25, "polarity": "positive", "label7": 1, "model_id": "cmbert-tiny",
              "model_version": "0", "run_id": "r1", "scored_at": T0, "score_date": date} for i in range(n)]
 
