@@ -101,7 +101,7 @@ def test_preprocess_outputs_rejects_and_reruns(tmp_path, ray_local):
     assert after.filter(pl.col("source") == "battery.ogg")["words_source"].unique().to_list() == ["asr"]
     assert read(f"{out}/rejects", REJECTS_SCHEMA).height == n_rej  # the earlier rejects were not retried
     runs = pl.read_parquet(f"{out}/runs/*.parquet").sort("started_at")
-    n_rows = 12  # manifest rows of the first two runs; the third has one more
+    n_rows = 10  # manifest rows of the first two runs; the third has one more
     assert runs["n_skipped"].to_list() == [0, n_rows, n_rows]
     assert runs["n_output"].to_list()[1:] == [0, after.height - n_utt]
 
@@ -192,3 +192,39 @@ def test_an_output_with_the_old_ids_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "utterances schema v1, this version writes v2" in err[0] and "new output" in err[0]
     assert not (out / "runs").exists()
+
+
+# RAVDESS clips (actors 01-16) that the old rule split into 2-3 utterances, each carrying the clip's label: a pause
+# over 1 s (actor 01), the diarizer finding a second voice in one actor's clip (actor 06). Found by running the
+# pipeline's words and speaker turns over all 960 clips: 8 of them split.
+RAVDESS_SPLIT = ["audio/03-01-06-02-01-01-01.flac", "audio/03-01-03-02-01-01-06.flac", "audio/03-01-05-02-01-01-06.flac"]
+
+
+@pytest.mark.realdata
+def test_real_rows_stay_whole(tmp_path, ray_local, shared_data):
+    from cmbert.audio.utterances import split_utterances
+    from cmbert.manifest import Word
+
+    ravdess = pl.read_csv(shared_data / "ravdess" / "manifest.csv", infer_schema=False)
+    rows = ravdess.filter(pl.col("file").is_in(RAVDESS_SPLIT)).select("file", "text", label="valence")
+    assert rows.height == len(RAVDESS_SPLIT)
+    rows.write_csv(tmp_path / "ravdess.csv")
+    out = str(tmp_path / "ravdess")
+    assert preprocess.main(["--input", str(shared_data / "ravdess"), "--manifest", str(tmp_path / "ravdess.csv"),
+                            "--output", out]) == 0
+    utt = read(f"{out}/utterances", UTTERANCES_SCHEMA)
+    assert sorted(utt["source"]) == sorted(RAVDESS_SPLIT)  # one utterance per row, none rejected
+    for row in utt.iter_rows(named=True):
+        words = [Word(w["word"], w["start"], w["end"], w["speaker"]) for w in row["words"]]
+        assert len(split_utterances(words, [])) > 1, row["source"]  # what the old rule would have done
+
+    # MOSI dev: 229 text-only rows, two of them with one transcript -> 229 distinct utterances
+    dev = shared_data / "mosi-text" / "dev.tsv"
+    out = str(tmp_path / "mosi")
+    assert preprocess.main(["--manifest", str(dev), "--output", out]) == 0
+    utt = read(f"{out}/utterances", UTTERANCES_SCHEMA)
+    from cmbert.inputs import read_manifest
+
+    texts = read_manifest(str(dev))["text"]
+    assert utt.height == 229 == len(texts) and utt["utterance_id"].n_unique() == 229
+    assert utt["text"].n_unique() == texts.n_unique() < 229
