@@ -2,8 +2,10 @@
 
 Each schema carries its name and version in its metadata. Writers cast to these schemas
 (``cmbert.storage.conform``) and fail naming the column on a mismatch; nothing is inferred.
-Bump a version when a column changes meaning or type; a writer that adds to an existing dataset checks its
-major version (``storage.written_version``) and refuses one written with another.
+Bump a version when a column changes meaning or type. Preprocess, before it adds to an existing output, checks
+the major version its utterances and rejects were written with (``storage.check_written_version``) and refuses
+another one: ids of another scheme would not match, so a rerun would duplicate. Readers (train, evaluate, score)
+read any version whose columns they know.
 
 Changes: utterances and rejects v2 (was v1): ids of annotated manifest rows. A manifest row with a transcript
 or a label is one utterance named by its clip id and its row key (``cmbert.manifest.row_key``); in v1 it was
