@@ -184,8 +184,9 @@ def run(cfg: PreprocessConfig) -> Tally:
 
 
 def collect(block: pa.Table, owned: set[str], publisher: Publisher, tally: Tally) -> None:
-    """Split one result block into utterances and rejects. A task id already taken in this run (duplicate
-    manifest row, or two files with the same bytes) is dropped, so no run writes a task twice."""
+    """Split one result block into utterances and rejects. A task id already taken in this run (an unannotated
+    clip named twice, or two such files with the same bytes; annotated rows each have their own) is dropped, so no
+    run writes a task twice."""
     kinds = block.column("kind").to_pylist()
     task_ids = block.column("task_id").to_pylist()
     fresh = {t for t, k in zip(task_ids, kinds) if k != "skipped"} - owned
