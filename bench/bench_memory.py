@@ -172,7 +172,7 @@ def main() -> None:
             for label, repeat in (("corpus_1x", 1), (f"corpus_{args.repeat}x", args.repeat)):
                 manifest = preprocess_corpus(f"{work}/clips-{repeat}", args.clips, repeat)
                 cmd = [py, "jobs/preprocess.py", "--input", f"{work}/clips-{repeat}", "--manifest", manifest,
-                       "--output", f"{work}/pre-{repeat}"]
+                       "--output", f"{work}/pre-{repeat}", "--features", "egemaps"]  # as measured; not the default
                 fig[label] = measure(cmd, args.interval, f"{work}/pre-{repeat}.log") | {"clips": args.clips * repeat}
                 print(f"[bench] preprocess {label}: {fig[label]}", flush=True)
             fig["ratio_4x_over_1x"] = round(fig[f"corpus_{args.repeat}x"]["peak_pss_mib"] / fig["corpus_1x"]["peak_pss_mib"], 3)

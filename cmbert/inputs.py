@@ -1,8 +1,10 @@
 """What a preprocess run works on: media files under an input root and/or rows of a manifest.
 
-Runs on the driver. Produces plain task dicts (one per clip or manifest segment) for Ray Data, plus
+Runs on the driver. Produces plain task dicts (one per clip or manifest row) for Ray Data, plus
 rejects for rows that are wrong before any audio is touched (missing file, path outside the root,
 label that is not a number). A malformed manifest (unreadable, no usable columns) is an error before any work.
+An annotated row (a transcript or a label) carries its row key (``cmbert.manifest.row_key``): it becomes
+exactly one utterance, whichever other rows name the same file or the same transcript.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import polars as pl
 import pyarrow.fs as pafs
 
-from cmbert.manifest import Reject, source_id, task_id, text_id
+from cmbert.manifest import Reject, row_key, source_id, task_id, text_id
 from cmbert.storage import StorageError, explain, locate
 
 MEDIA_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".m4a", ".wav", ".flac", ".mp3", ".ogg", ".opus", ".aac")
@@ -131,6 +133,7 @@ def build_tasks(
         raise ManifestError(f"the manifest has neither a 'file' column nor a {text_column!r} column")
     carried = [c for c in columns if c not in (*RESERVED_COLUMNS, text_column, label_column)]
     tasks, rejects = [], []
+    seen: dict[tuple, int] = {}  # occurrences so far of each (file, transcript, segment) among annotated rows
     for i, row in enumerate(manifest.iter_rows(named=True)):
         text = row.get(text_column)
         text = text.strip() if isinstance(text, str) and text.strip() else None
@@ -143,30 +146,37 @@ def build_tasks(
         problem = bad_label or bad_start or bad_end
         if not problem and start is not None and end is not None and end <= start:
             problem = f"segment end {end} is not after start {start}"
+        rel = safe_relative(str(file)) if file else None
+        key = None
+        if text is not None or label is not None or bad_label is not None:  # annotated: one row, one utterance
+            named = (rel or (str(file) if file else None), text, start, end)
+            key = row_key(*named, seen.get(named, 0))
+            seen[named] = seen.get(named, 0) + 1
         if not file:
             if text is None:
                 problem = problem or "row has neither a file nor a transcript"
             clip = text_id(text) if text else source_id(source)
             if problem:
-                rejects.append(Reject(clip, clip, source, "manifest", problem))
+                rejects.append(Reject(task_id(clip, row=key), clip, source, "manifest", problem))
             else:
                 tasks.append({"kind": "text", "source": source, "text": text, "label": label, "start": None,
-                              "end": None, "extra": extra})
+                              "end": None, "extra": extra, "row": key})
             continue
-        rel = safe_relative(str(file))
         if rel is None:
             problem = problem or f"path {file!r} is outside the input root"
         if problem:
             sid = source_id(str(file))
-            rejects.append(Reject(task_id(sid, start, end), sid, str(file), "manifest", problem))
+            rejects.append(Reject(task_id(sid, start, end, key), sid, str(file), "manifest", problem))
             continue
         tasks.append({"kind": "media", "source": rel, "text": text, "label": label, "start": start, "end": end,
-                      "extra": extra})
+                      "extra": extra, "row": key})
     return tasks, rejects
 
 
 def media_task(rel: str) -> dict:
-    return {"kind": "media", "source": rel, "text": None, "label": None, "start": None, "end": None, "extra": []}
+    """An unannotated clip: split into utterances by the pipeline."""
+    return {"kind": "media", "source": rel, "text": None, "label": None, "start": None, "end": None, "extra": [],
+            "row": None}
 
 
 __all__ = ["ManifestError", "StorageError", "build_tasks", "list_media", "read_manifest"]

@@ -1,8 +1,10 @@
 """THE data model: Clip, Word, Utterance, Reject.
 
-Times are seconds from the start of the clip. Ids are deterministic: a clip is named by the hash of its
-bytes (or, for a text-only manifest row, of its text), an utterance by its clip id plus its start in
-milliseconds, so a rerun produces the same ids and overwrites instead of duplicating.
+Times are seconds from the start of the clip. Ids are deterministic, so a rerun produces the same ids and
+overwrites instead of duplicating: a clip is named by the hash of its bytes (or, for a text-only manifest row,
+of its text). An annotated manifest row (a transcript or a label) is one utterance, never split or merged: it is
+named by its clip id plus its row key (``row_key``), so two rows with the same transcript or the same file stay
+two. The utterances of an unannotated clip, which the pipeline splits, are named by clip id plus start in ms.
 Large arrays (audio) are referenced by ``Clip.source``; small vectors (per-word features) are inline.
 """
 
@@ -29,18 +31,37 @@ def source_id(source: str) -> str:
     return hashlib.sha256(b"source:" + source.encode("utf-8")).hexdigest()[:ID_HEX]
 
 
-def utterance_id(clip_id: str, start: float | None) -> str:
+ROW_HEX = 12  # a row key only has to tell apart the rows that share one clip id
+
+
+def _ms(seconds: float | None) -> int:
+    return -1 if seconds is None else int(round(seconds * 1000))
+
+
+def row_key(file: str | None, text: str | None, start: float | None, end: float | None, occurrence: int) -> str:
+    """The identity of an annotated manifest row: what it names (file, transcript, segment) and which occurrence
+    of that it is in the manifest (0 for the first). Labels and other columns are not part of it, so correcting a
+    label does not make a new row; reordering rows changes no key except between rows that name the same thing."""
+    named = "\x1f".join((file or "", text or "", str(_ms(start)), str(_ms(end)), str(occurrence)))
+    return hashlib.sha256(b"row:" + named.encode("utf-8")).hexdigest()[:ROW_HEX]
+
+
+def utterance_id(clip_id: str, start: float | None, row: str | None = None) -> str:
+    """A whole manifest row's one utterance: clip id + row key; else clip id + start in ms."""
+    if row is not None:
+        return f"{clip_id}-r{row}"
     start_ms = 0 if start is None else int(round(start * 1000))
     return f"{clip_id}-{start_ms:09d}"
 
 
-def task_id(clip_id: str, start: float | None = None, end: float | None = None) -> str:
-    """The unit of incremental work: a whole clip, or one manifest segment of it."""
+def task_id(clip_id: str, start: float | None = None, end: float | None = None, row: str | None = None) -> str:
+    """The unit of incremental work: an annotated manifest row (same id as its one utterance), a whole clip, or
+    an unannotated manifest segment of a clip."""
+    if row is not None:
+        return utterance_id(clip_id, start, row)
     if start is None and end is None:
         return clip_id
-    s = -1 if start is None else int(round(start * 1000))
-    e = -1 if end is None else int(round(end * 1000))
-    return f"{clip_id}-{s}-{e}"
+    return f"{clip_id}-{_ms(start)}-{_ms(end)}"
 
 
 @dataclass(frozen=True)
@@ -54,10 +75,17 @@ class Clip:
     start: float | None = None  # segment bounds from the manifest, seconds
     end: float | None = None
     extra: tuple[tuple[str, str], ...] = ()  # other manifest columns, as text
+    row: str | None = None  # row key of an annotated manifest row: the clip is that row, one utterance
 
     @property
     def task_id(self) -> str:
-        return task_id(self.clip_id, self.start, self.end)
+        return task_id(self.clip_id, self.start, self.end, self.row)
+
+    @property
+    def whole(self) -> bool:
+        """One utterance, never split: an annotated clip (a transcript or a label), or a manifest segment."""
+        return (self.row is not None or bool(self.text) or self.label is not None
+                or self.start is not None or self.end is not None)
 
     @property
     def has_audio(self) -> bool:
@@ -88,10 +116,11 @@ class Utterance:
     feature_dim: int
     label: float | None = None
     extra: tuple[tuple[str, str], ...] = ()
+    row: str | None = None  # the annotated manifest row this utterance is (Clip.row)
 
     @property
     def utterance_id(self) -> str:
-        return utterance_id(self.clip_id, self.start)
+        return utterance_id(self.clip_id, self.start, self.row)
 
     @property
     def audio_present(self) -> bool:

@@ -60,6 +60,18 @@ def acc5(preds: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.round(np.clip(preds, -2, 2)) == np.round(np.clip(labels, -2, 2))))
 
 
+def majority_rates(labels: Sequence[float]) -> dict[str, float]:
+    """The Acc2 a constant prediction of the larger class gets, in both conventions: ``has0_acc2`` over all rows
+    (label >= 0 vs < 0) and ``non0_acc2`` over rows whose label != 0 (> 0 vs < 0). The floor an Acc2 is read
+    against. NaN labels are left out; NaN when no row is left."""
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    labels = labels[np.isfinite(labels)]
+    nz = labels[labels != 0]
+    has0 = max(np.mean(labels >= 0), np.mean(labels < 0)) if labels.size else math.nan
+    non0 = max(np.mean(nz > 0), np.mean(nz < 0)) if nz.size else math.nan
+    return {"has0_acc2": float(has0), "non0_acc2": float(non0)}
+
+
 def regression_metrics(preds: Sequence[float], labels: Sequence[float]) -> dict[str, float]:
     """All of METRIC_NAMES plus n. Rows whose label is NaN are left out."""
     preds = np.asarray(preds, dtype=np.float64).reshape(-1)

@@ -83,8 +83,9 @@ def process_clip(data: bytes, clip: Clip, models: ClipModels, params: ClipParams
         raise StageError("words", "no words found in the speech")
     words = assign_speakers(words, turns)
 
+    # An annotated row or a segment is one utterance: its label belongs to all of it. Unannotated clips are split.
     segment = clip.start is not None or clip.end is not None
-    groups = [words] if segment else split_utterances(words, turns, params.split)
+    groups = [words] if clip.whole else split_utterances(words, turns, params.split)
     vectors = word_features(audio, words, models.features)
     feats = {id(w): tuple(float(x) for x in v) for w, v in zip(words, vectors)}
 
@@ -103,13 +104,14 @@ def process_clip(data: bytes, clip: Clip, models: ClipModels, params: ClipParams
                 speaker=majority_speaker(group),
                 start=(clip.start if segment else timed[0].start),
                 end=(clip.end if segment and clip.end is not None else timed[-1].end),
-                text=clip.text if (segment or len(groups) == 1) and clip.text else " ".join(w.word for w in group),
+                text=clip.text if clip.whole and clip.text else " ".join(w.word for w in group),
                 words=timed,
                 words_source=mode,
                 feature_set=models.features.name,
                 feature_dim=models.features.dim,
                 label=clip.label,
                 extra=clip.extra,
+                row=clip.row,
             )
         )
     return ClipResult(utterances, seconds)
@@ -164,4 +166,5 @@ def text_utterance(clip: Clip) -> Utterance:
         feature_dim=0,
         label=clip.label,
         extra=clip.extra,
+        row=clip.row,
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from cmbert.audio.features import DEFAULT_BACKEND
 from cmbert.faults import kill_point
 from cmbert.manifest import Clip, Reject, StageError, content_id, source_id, task_id, text_id
 from cmbert.pipeline import ClipModels, ClipParams, process_clip, text_utterance
@@ -41,7 +42,7 @@ RESULT_SCHEMA = pa.schema(
 class ModelChoice:
     """Which models a worker loads; paths/ids are the user's, defaults are the bundled ones."""
 
-    features: str = "egemaps"
+    features: str = DEFAULT_BACKEND
     asr_model: str | None = None  # faster-whisper size or path; None = bundled tiny.en
     feature_model: str | None = None  # whisper features: CTranslate2 whisper path; None = bundled tiny.en
     diarizer_model: str | None = None  # pyannote pipeline path or hub id
@@ -147,23 +148,24 @@ class ClipStage:
         label = None if task["label"] is None or task["label"] != task["label"] else float(task["label"])
         start = _opt_float(task["start"])
         end = _opt_float(task["end"])
+        row = task.get("row") or None  # the annotated manifest row's key: one utterance
         if task["kind"] == "text":
             cid = text_id(task["text"])
-            return Clip(cid, task["source"], task["text"], label, None, None, extra)
+            return Clip(cid, task["source"], task["text"], label, None, None, extra, row)
         self._data = None
         try:
             self._data = self.read_bytes(task["source"])
         except FileNotFoundError:
             sid = source_id(task["source"])
-            return Reject(task_id(sid, start, end), sid, task["source"], "read", "file does not exist")
+            return Reject(task_id(sid, start, end, row), sid, task["source"], "read", "file does not exist")
         except OSError as exc:  # storage trouble (S3 down, network, permissions): the next run tries again
             from cmbert.storage import explain
 
             sid = source_id(task["source"])
             reason = str(explain(exc, f"{self.input_uri.rstrip('/')}/{task['source']}", "read"))
-            return Reject(task_id(sid, start, end), sid, task["source"], RETRIED_STAGE, reason[:300])
+            return Reject(task_id(sid, start, end, row), sid, task["source"], RETRIED_STAGE, reason[:300])
         cid = content_id(self._data)
-        return Clip(cid, task["source"], task["text"] or None, label, start, end, extra)
+        return Clip(cid, task["source"], task["text"] or None, label, start, end, extra, row)
 
     def reject_row(self, reject: Reject) -> dict:
         return {"kind": "reject", "task_id": reject.task_id, "audio_seconds": 0.0,
@@ -189,6 +191,7 @@ def tasks_for_ray(tasks: list[dict]) -> list[dict]:
             "start": nan if t["start"] is None else float(t["start"]),
             "end": nan if t["end"] is None else float(t["end"]),
             "extra": json.dumps([list(p) for p in t["extra"]]),
+            "row": t.get("row") or "",
         }
         for t in tasks
     ]

@@ -507,3 +507,33 @@ def distinct_values(uri: str, column: str, schema: pa.Schema) -> set[str]:
     """The set of values of one column of a dataset (empty when the dataset does not exist yet)."""
     table = read_table(uri, schema, columns=[column])
     return set(table.column(column).to_pylist())
+
+
+def written_version(uri: str) -> str | None:
+    """The ``cmbert.schema_version`` in the footer of one file of dataset ``uri``; None when it has no files.
+
+    One file, not all: a dataset is written by one schema version unless older code wrote into a newer output,
+    which no check here could prevent; reading every footer would cost one request per file on S3.
+    """
+    loc = locate(uri)
+    try:
+        if not _exists(loc, uri):
+            return None
+        files = pads.dataset(loc.path, filesystem=loc.fs, format="parquet", partitioning="hive").files
+        if not files:
+            return None
+        meta = pq.read_schema(files[0], filesystem=loc.fs).metadata or {}
+    except OSError as exc:
+        raise explain(exc, uri, "read") from None
+    version = meta.get(b"cmbert.schema_version")
+    return version.decode() if version else None
+
+
+def check_written_version(uri: str, schema: pa.Schema) -> None:
+    """Refuse to add to dataset ``uri`` when its files were written with another major version of ``schema``."""
+    found = written_version(uri)
+    want = (schema.metadata or {}).get(b"cmbert.schema_version", b"?").decode()
+    if found is not None and found.split(".")[0] != want.split(".")[0]:
+        name = (schema.metadata or {}).get(b"cmbert.schema", b"?").decode()
+        raise SchemaMismatchError(f"{uri} was written with {name} schema v{found}, this version writes v{want} "
+                                  "(schemas/__init__.py says what changed): write to a new output")

@@ -3,7 +3,9 @@
     python jobs/demo.py --output runs/demo
 
 preprocess (tests/fixtures/corpus) -> train (short) -> evaluate -> score -> query. Each step is the real job's
-main(), exactly as a user would call it; the demo prints where every output is.
+main(), exactly as a user would call it, on the jobs' defaults (whisper word features; each of the manifest's 8
+labelled rows is one utterance); only the demo's size is set here (2 epochs, 1 seed, 1 worker). The demo prints
+where every output is.
 """
 
 from __future__ import annotations
@@ -63,9 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n(demo: later stages not available yet: {exc})")
     else:
         step("train", train.main, ["--train", f"{data}/utterances", "--dev", f"{data}/utterances",
-                                   "--output", ckpt, "--epochs", str(cfg.epochs), "--cls-audio", "mean",
-                                   "--seeds", "1", "--workers", "1"]
-                                  + (["--encoder", cfg.encoder] if cfg.encoder else []))
+                                   "--output", ckpt, "--epochs", str(cfg.epochs), "--seeds", "1",
+                                   "--workers", "1"] + (["--encoder", cfg.encoder] if cfg.encoder else []))
         step("evaluate", evaluate.main, ["--checkpoint", ckpt, "--data", f"{data}/utterances",
                                          "--output", f"{out}/metrics.json", "--heatmaps", f"{out}/heatmaps"])
         step("score", score.main, ["--checkpoint", ckpt, "--input", f"{data}/utterances", "--output", scores])

@@ -3,8 +3,9 @@
     python jobs/evaluate.py --checkpoint DIR_OR_S3_URI --data UTTERANCES_URI --output metrics.json
         [--heatmaps DIR] [--heatmap-count N] [--label-column label] [--batch-size 64]
 
-Metrics are MMSA's (cmbert/metrics.py): has0/non0 Acc2 and F1, MAE, Pearson, Acc7, Acc5. Heatmaps (alpha_t
-and W_m per utterance, as the paper's Figure 4) come from the best seed.
+Metrics are MMSA's (cmbert/metrics.py): has0/non0 Acc2 and F1, MAE, Pearson, Acc7, Acc5; beside each Acc2 the
+data's majority-class rate (what always predicting the larger class scores), printed and in the JSON as
+``majority``. Heatmaps (alpha_t and W_m per utterance, as the paper's Figure 4) come from the best seed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from cmbert import storage
 from cmbert.checkpoint import load_checkpoint, read_meta, seed_checkpoints
 from cmbert.cli import parse_config
 from cmbert.collate import predict_rows, read_utterances
-from cmbert.metrics import aggregate, json_safe, regression_metrics
+from cmbert.metrics import aggregate, json_safe, majority_rates, regression_metrics
 from cmbert.runinfo import code_version
 
 
@@ -71,7 +72,7 @@ def run(cfg: EvaluateConfig) -> dict:
 
             heatmap_files = write_attention_heatmaps(lm.tokenizer, attention, rows, scores, cfg.heatmaps)
     result = {"data": cfg.data, "checkpoint": cfg.checkpoint, "model_id": top_meta.get("model_id"),
-              "n_rows": len(rows), "per_seed": per_seed,
+              "n_rows": len(rows), "majority": majority_rates(labels), "per_seed": per_seed,
               "mean_std": aggregate([s["metrics"] for s in per_seed]), "heatmaps": heatmap_files,
               "code_version": code_version(), "config": asdict(cfg)}
     loc = storage.locate(cfg.output)
@@ -84,7 +85,8 @@ def run(cfg: EvaluateConfig) -> dict:
     except OSError as exc:
         raise storage.explain(exc, cfg.output, "write") from None
     for k, v in result["mean_std"].items():
-        print(f"{k}: {v['mean']:.4f} ± {v['std']:.4f} over {v['n']} seed(s)")
+        floor = f"  (majority class {result['majority'][k]:.4f})" if k in result["majority"] else ""
+        print(f"{k}: {v['mean']:.4f} ± {v['std']:.4f} over {v['n']} seed(s){floor}")
     return result
 
 

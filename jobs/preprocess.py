@@ -22,6 +22,7 @@ except ImportError:  # run from a Ray working dir without the package installed
 import pyarrow as pa
 
 from cmbert import faults, storage
+from cmbert.audio.features import BACKENDS, DEFAULT_BACKEND
 from cmbert.cli import parse_config
 from cmbert.inputs import ManifestError, build_tasks, read_manifest
 from cmbert.pipeline import DIARIZERS, WORD_MODES, ClipParams
@@ -43,8 +44,8 @@ class PreprocessConfig:
     num_speakers: int | None = field(default=None, metadata={"help": "fix the speaker count (default: automatic)"})
     words: str = field(default="auto", metadata={"choices": WORD_MODES, "help": "align a known transcript, or ASR"})
     asr_model: str | None = field(default=None, metadata={"help": "faster-whisper size or path (default: bundled tiny.en)"})
-    features: str = field(default="egemaps", metadata={"choices": ("egemaps", "compare", "mfcc", "whisper"),
-                                                       "help": "word-level acoustic features"})
+    features: str = field(default=DEFAULT_BACKEND, metadata={"choices": BACKENDS, "help": "word-level acoustic "
+                          "features: whisper encoder states (MIT), or egemaps (the paper's; openSMILE, non-commercial)"})
     feature_model: str | None = field(default=None, metadata={"help": "whisper features: a CTranslate2 whisper "
                                                                       "directory (default: bundled tiny.en)"})
     max_clip_seconds: float = field(default=3 * 3600.0, metadata={"help": "longer clips are rejected"})
@@ -104,6 +105,8 @@ def done_tasks(output: str, retry_rejects: bool = False) -> frozenset[str]:
     again. The rejects table is a log of attempts: a retried task that now succeeds keeps its old reject rows."""
     from cmbert.stages import RETRIED_STAGE
 
+    storage.check_written_version(f"{output}/utterances", UTTERANCES_SCHEMA)  # other ids: a rerun would duplicate
+    storage.check_written_version(f"{output}/rejects", REJECTS_SCHEMA)
     done = storage.distinct_values(f"{output}/utterances", "task_id", UTTERANCES_SCHEMA)
     if not retry_rejects:
         rejects = storage.read_table(f"{output}/rejects", REJECTS_SCHEMA, columns=["task_id", "stage"])
@@ -181,8 +184,9 @@ def run(cfg: PreprocessConfig) -> Tally:
 
 
 def collect(block: pa.Table, owned: set[str], publisher: Publisher, tally: Tally) -> None:
-    """Split one result block into utterances and rejects. A task id already taken in this run (duplicate
-    manifest row, or two files with the same bytes) is dropped, so no run writes a task twice."""
+    """Split one result block into utterances and rejects. A task id already taken in this run (an unannotated
+    clip named twice, or two such files with the same bytes; annotated rows each have their own) is dropped, so no
+    run writes a task twice."""
     kinds = block.column("kind").to_pylist()
     task_ids = block.column("task_id").to_pylist()
     fresh = {t for t, k in zip(task_ids, kinds) if k != "skipped"} - owned

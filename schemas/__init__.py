@@ -2,7 +2,14 @@
 
 Each schema carries its name and version in its metadata. Writers cast to these schemas
 (``cmbert.storage.conform``) and fail naming the column on a mismatch; nothing is inferred.
-Bump a version when a column changes meaning or type; readers check the major version.
+Bump a version when a column changes meaning or type. Preprocess, before it adds to an existing output, checks
+the major version its utterances and rejects were written with (``storage.check_written_version``) and refuses
+another one: ids of another scheme would not match, so a rerun would duplicate. Readers (train, evaluate, score)
+read any version whose columns they know.
+
+Changes: utterances and rejects v2 (was v1): ids of annotated manifest rows. A manifest row with a transcript
+or a label is one utterance named by its clip id and its row key (``cmbert.manifest.row_key``); in v1 it was
+split like an unannotated clip and named by clip id and start, so two rows with the same transcript collided.
 """
 
 import pyarrow as pa
@@ -28,10 +35,12 @@ WORD_TYPE = pa.struct(
 
 UTTERANCES_SCHEMA = _versioned(
     "utterances",
-    "1",
+    "2",
     [
-        pa.field("utterance_id", pa.string(), nullable=False),  # clip_id + start in ms: stable across reruns
-        pa.field("task_id", pa.string(), nullable=False),  # unit of incremental work (clip or manifest segment)
+        # Stable across reruns: clip_id + "-r" + row key for an annotated manifest row (its one utterance), else
+        # clip_id + start in ms (the utterances an unannotated clip is split into).
+        pa.field("utterance_id", pa.string(), nullable=False),
+        pa.field("task_id", pa.string(), nullable=False),  # unit of incremental work: manifest row, clip or segment
         pa.field("clip_id", pa.string(), nullable=False),  # content hash of the clip (or of the text)
         pa.field("source", pa.string(), nullable=False),  # path relative to --input, or "manifest:ROW"
         pa.field("speaker", pa.string()),
@@ -52,7 +61,7 @@ UTTERANCES_SCHEMA = _versioned(
 
 REJECTS_SCHEMA = _versioned(
     "rejects",
-    "1",
+    "2",
     [
         pa.field("task_id", pa.string(), nullable=False),
         pa.field("clip_id", pa.string(), nullable=False),

@@ -103,6 +103,6 @@ def make_bad_corpus(root: Path, tmp: Path) -> list[Case]:
         Case("URI to another bucket", "s3://other-bucket/x.wav", "", "", "manifest", "outside the input root"),
     ]
     rows = [{"file": c.file, "text": c.text, "label": c.label} for c in cases]
-    rows.append(dict(rows[0]))  # a duplicate row: must add nothing
+    rows.append(dict(rows[0]))  # a repeated row: a row of its own, so one more utterance (no merge, no loss)
     pl.DataFrame(rows).write_csv(root / "manifest.csv")
     return cases

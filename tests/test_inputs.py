@@ -4,6 +4,7 @@ import polars as pl
 import pytest
 
 from cmbert.inputs import ManifestError, build_tasks, list_media, parse_label, read_manifest, safe_relative
+from cmbert.manifest import Clip, Utterance, task_id, utterance_id
 
 
 def test_safe_relative_refuses_escapes():
@@ -31,6 +32,7 @@ def test_text_only_manifest_and_duplicates(tmp_path):
     tasks, rejects = build_tasks(None, read_manifest(str(path)))
     assert [t["text"] for t in tasks] == ["GREAT MOVIE", "AWFUL PLOT", "GREAT MOVIE"]
     assert all(t["kind"] == "text" for t in tasks)
+    assert len({t["row"] for t in tasks}) == 3  # the repeated row is a row of its own
     reasons = sorted(r.reason for r in rejects)
     assert len(rejects) == 2
     assert "neither a file nor a transcript" in reasons[1] or "neither a file nor a transcript" in reasons[0]
@@ -66,3 +68,52 @@ def test_list_media_skips_hidden_and_non_media(tmp_path):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
     assert list_media(str(tmp_path)) == ["a.mp4", "sub/b.flac"]
+
+
+def row_ids(tasks: list[dict]) -> list[str]:
+    """The task id each task's clip gets (media clips: a stand-in content hash, as the actor computes it)."""
+    clips = [Clip("t" if t["kind"] == "text" else "c", t["source"], t["text"], t["label"], t["start"], t["end"],
+                  row=t["row"]) for t in tasks]
+    return [c.task_id for c in clips]
+
+
+def test_annotated_rows_are_one_task_each_and_keep_their_ids(tmp_path):
+    """One annotated row = one task with its own deterministic id; unannotated files stay one shared task."""
+    (tmp_path / "in").mkdir()
+    rows = {"file": ["a.wav", "a.wav", "a.wav", "a.wav", "b.wav", "b.wav", "", "", "a.wav"],
+            "text": ["hi there", "hi there", "", "", "", "", "SAME WORDS", "SAME WORDS", "hi there"],
+            "label": ["1", "-1", "2", "", "", "", "1", "1", "1"],
+            "start": ["", "", "", "", "", "", "", "", "3"], "end": ["", "", "", "", "", "", "", "", "4"]}
+    manifest = pl.DataFrame(rows)
+    tasks, rejects = build_tasks(str(tmp_path / "in"), manifest)
+    assert not rejects and len(tasks) == 9
+    keys = [t["row"] for t in tasks]
+    # transcript and/or label: a row key, distinct even for identical rows (the two SAME WORDS rows) ...
+    assert all(k is not None for k in keys[:3] + keys[6:]) and len(set(keys[:3] + keys[6:])) == 6
+    # ... no annotation: no key, so a file named twice is one clip, split into utterances as before
+    assert keys[3] is None and keys[4] is None and keys[5] is None
+    ids = row_ids(tasks)
+    assert ids[4] == ids[5] == "c" and ids[3] == "c"
+    assert len(set(ids[:3] + ids[6:])) == 6 and all(i.startswith(("c-r", "t-r")) for i in ids[:3] + ids[6:])
+    # deterministic: the same manifest gives the same ids; a corrected label or another row inserted before
+    # them changes no id; only the order among rows that name the same thing decides which is which
+    assert row_ids(build_tasks(str(tmp_path / "in"), manifest)[0]) == ids
+    first = {k: v[0] for k, v in rows.items()} | {"label": "-3"}
+    inserted = {"file": "z.wav", "text": "new row", "label": "0", "start": "", "end": ""}
+    edited = pl.DataFrame([first, inserted] + manifest.slice(1).to_dicts())
+    moved = row_ids(build_tasks(str(tmp_path / "in"), edited)[0])
+    assert moved[:1] + moved[2:] == ids and moved[1] not in ids
+
+
+def test_ids_of_a_whole_row_and_of_split_utterances():
+    row = Clip("abc", "a.wav", "hi", 1.0, row="0123456789ab")
+    assert row.whole and row.task_id == "abc-r0123456789ab"
+    utt = Utterance("abc", row.task_id, "a.wav", None, 1.25, 2.0, "hi", (), "align", "none", 0, row=row.row)
+    assert utt.utterance_id == row.task_id == utterance_id("abc", 1.25, row.row)  # one row, one task, one utterance
+    # an unannotated clip is split; its utterances are named by clip id + start in ms, its task by the clip id
+    bare = Clip("abc", "a.wav")
+    assert not bare.whole and bare.task_id == "abc" == task_id("abc")
+    assert Utterance("abc", "abc", "a.wav", None, 1.25, 2.0, "hi", (), "asr", "none", 0).utterance_id == "abc-000001250"
+    # a transcript, a label or segment bounds each make a clip whole, even without a row key
+    assert Clip("abc", "a.wav", text="hi").whole and Clip("abc", "a.wav", label=0.0).whole
+    assert Clip("abc", "a.wav", start=1.0, end=2.0).whole and Clip("abc", "a.wav", start=1.0, end=2.0).task_id == "abc-1000-2000"

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from cmbert.metrics import aggregate, json_safe, regression_metrics
+from cmbert.metrics import aggregate, json_safe, majority_rates, regression_metrics
 
 PREDS = [2.6, -0.4, 0.2, -1.6, 0.0, 1.2]
 LABELS = [3.0, 0.0, -0.6, -2.0, 1.0, 1.4]
@@ -48,3 +48,17 @@ def test_aggregate_mean_std():
     assert agg["mae"]["mean"] == 2.0 and agg["mae"]["std"] == pytest.approx(1.0) and agg["mae"]["n"] == 3
     assert aggregate([{"mae": 1.5}])["mae"]["std"] == 0.0
     assert json_safe({"a": float("nan"), "b": [1.0, float("inf")]}) == {"a": None, "b": [1.0, None]}
+
+
+def test_majority_rates_are_the_constant_predictors_acc2():
+    # LABELS: has0 classes (>= 0): T T F F T T -> 4 of 6; non0 (label != 0: 3.0 -0.6 -2.0 1.0 1.4): 3 of 5 positive
+    rates = majority_rates(LABELS)
+    assert rates == {"has0_acc2": pytest.approx(4 / 6), "non0_acc2": pytest.approx(3 / 5)}
+    # it is exactly what predicting the larger class everywhere scores
+    assert rates["has0_acc2"] == pytest.approx(regression_metrics([1.0] * 6, LABELS)["has0_acc2"])
+    assert rates["non0_acc2"] == pytest.approx(regression_metrics([1.0] * 6, LABELS)["non0_acc2"])
+    # a negative majority, NaN labels left out; no row left -> NaN
+    assert majority_rates([-1.0, -2.0, 0.5, float("nan")]) == {"has0_acc2": pytest.approx(2 / 3),
+                                                                "non0_acc2": pytest.approx(2 / 3)}
+    assert math.isnan(majority_rates([0.0, 0.0])["non0_acc2"]) and majority_rates([0.0, 0.0])["has0_acc2"] == 1.0
+    assert all(math.isnan(v) for v in majority_rates([]).values())

@@ -36,7 +36,8 @@ def test_bad_input_corpus_one_job_with_a_worker_killed(tmp_path, ray_local, s3_s
     marker = tmp_path / "killed"
     monkeypatch.setenv(faults.ENV, f"preprocess:3:{marker}")  # an actor dies with its 4th clip's rows
     assert preprocess.main(["--input", corpus, "--manifest", f"{corpus}/manifest.csv", "--output", out,
-                            "--diarizer", "none", "--max-clip-seconds", f"{MAX_CLIP_SECONDS:g}"]) == 0
+                            "--diarizer", "none", "--max-clip-seconds", f"{MAX_CLIP_SECONDS:g}",
+                            "--features", "egemaps"]) == 0
     printed = capfd.readouterr()
     assert "after 3 calls" in marker.read_text()  # the fault happened, and the job still completed
 
@@ -45,6 +46,9 @@ def test_bad_input_corpus_one_job_with_a_worker_killed(tmp_path, ray_local, s3_s
     # Every good clip is processed, once: its utterances carry timed words, features and the manifest's label.
     assert sorted(set(utt["source"])) == sorted(c.file for c in good)
     assert utt["utterance_id"].n_unique() == utt.height
+    # one annotated manifest row = one utterance: the repeated first row is the one file with two
+    per_file = dict(utt.group_by("source").len().iter_rows())
+    assert per_file == {c.file: 2 if c.file == cases[0].file else 1 for c in good}
     for case in good:
         rows = utt.filter(pl.col("source") == case.file)
         assert rows["words_source"].unique().to_list() == [case.words_source], case.name
@@ -59,10 +63,10 @@ def test_bad_input_corpus_one_job_with_a_worker_killed(tmp_path, ray_local, s3_s
     for case in bad:
         got = by_source[case.file]
         assert got["stage"] == case.stage and case.reason in got["reason"], (case.name, got)
-    # The run's own count: every manifest row (the duplicate skipped), and the same line printed.
+    # The run's own count: every manifest row, and the same line printed.
     run = read(f"{out}/runs", RUNS_SCHEMA).row(0, named=True)
     assert (run["status"], run["n_input"], run["n_output"], run["n_rejected"], run["n_skipped"]) == (
-        "succeeded", len(cases) + 1, utt.height, len(bad), 1)
+        "succeeded", len(cases) + 1, utt.height, len(bad), 0)
     assert f"clips {len(cases) + 1}/{len(cases) + 1}  utterances {utt.height}  rejects {len(bad)}" in printed.out
 
     secrets = (s3_server.secret_key, s3_server.access_key)

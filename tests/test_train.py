@@ -180,6 +180,14 @@ def test_evaluate_several_seeds(dataset, tmp_path):
                                         str(tmp_path / "m.json")])
     assert [s["seed"] for s in result["per_seed"]] == [1, 11]
     assert result["mean_std"]["mae"]["n"] == 2 and result["mean_std"]["mae"]["std"] > 0
+    # the data's majority-class rate beside Acc2, in the metrics JSON
+    from cmbert import storage
+    from cmbert.metrics import majority_rates
+    from schemas import UTTERANCES_SCHEMA
+
+    labels = storage.read_table(dataset[1], UTTERANCES_SCHEMA).column("label").to_pylist()
+    with open(tmp_path / "m.json") as f:
+        assert json.load(f)["majority"] == majority_rates(labels) == result["majority"]
 
 
 def test_train_and_evaluate_on_s3(ray_local, dataset, s3_env, s3_server, tmp_path):

@@ -5,15 +5,15 @@ LLDs are computed once per clip; each word then averages the frames whose centre
 (a word too short to hold a frame centre takes the nearest frame). NaNs from the extractor are
 ignored in the average and any left become 0, so the vectors are always finite.
 
-Backends (``load_features(name)``):
-  egemaps  openSMILE eGeMAPSv02 LLDs, 25 dims, 10 ms hop (default; audEERING licence: research,
+Backends (``load_features(name)``; the jobs' default is ``DEFAULT_BACKEND``):
+  egemaps  openSMILE eGeMAPSv02 LLDs, 25 dims, 10 ms hop (the paper's recipe; audEERING licence: research,
            non-commercial)
   compare  openSMILE ComParE_2016 LLDs, 65 dims, 10 ms hop (same licence)
   mfcc     permissive (ISC librosa + numpy): 13 MFCCs, log F0 (YIN), log RMS energy, zero-crossing
            rate: 16 dims, 10 ms hop
   whisper  permissive (MIT): the output of whisper's audio encoder (bundled tiny.en: 384 dims, 20 ms hop),
            a learned representation that carries far more of the voice's affect than the LLDs
-           (bench/bench_ravdess.py: binary valence on unseen speakers)
+           (bench/bench_ravdess.py: binary valence on unseen speakers); the default
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from cmbert.manifest import StageError, Word
 
 _STAGE = "features"
 BACKENDS = ("egemaps", "compare", "mfcc", "whisper")
+DEFAULT_BACKEND = "whisper"  # what lets CM-BERT hear (README: RAVDESS valence), MIT, cheaper than eGeMAPS
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class WhisperEncoderFrames:
         return np.concatenate(times), np.concatenate(values)
 
 
-def load_features(name: str = "egemaps", params: FeatureParams = FeatureParams(), model_path: str | None = None,
+def load_features(name: str, params: FeatureParams = FeatureParams(), model_path: str | None = None,
                   device: str = "cpu", cpu_threads: int = 1):
     """A feature extractor with ``.name`` (stored as the utterance's feature_set), ``.dim`` and ``.frames(audio)``.
 
