@@ -23,7 +23,7 @@ from cmbert.audio.diarize import (
 )
 from cmbert.audio.features import word_features
 from cmbert.audio.utterances import SplitParams, split_utterances
-from cmbert.audio.vad import VadParams, detect_energy, detect_speech
+from cmbert.audio.vad import LevelParams, VadParams, boost_quiet, detect_energy, detect_speech
 from cmbert.audio.words import WordParams, align_words, spread_words, transcribe
 from cmbert.manifest import Clip, StageError, Utterance, Word
 
@@ -39,6 +39,7 @@ class ClipParams:
     max_clip_seconds: float = 3 * 3600.0
     num_speakers: int | None = None
     vad: VadParams = field(default_factory=VadParams)
+    level: LevelParams = field(default_factory=LevelParams)
     diarize: DiarizeParams = field(default_factory=DiarizeParams)
     word: WordParams = field(default_factory=WordParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -75,19 +76,20 @@ def process_clip(data: bytes, clip: Clip, models: ClipModels, params: ClipParams
     audio = decode_audio(data, max_seconds=params.max_clip_seconds, start=clip.start, end=clip.end)
     offset = clip.start or 0.0
     seconds = len(audio) / SAMPLE_RATE
-    speech = find_speech(audio, clip, models, params)
-    turns = speaker_turns(audio, speech, models, params)
+    heard = boost_quiet(audio, params.level)  # quiet speech raised for detection and words; features keep `audio`
+    speech = find_speech(heard, clip, models, params)
+    turns = speaker_turns(heard, speech, models, params)
 
     mode = words_mode(clip, params)
     if mode == "align":
         try:
-            words = align_words(audio, clip.text, models.aligner, params.word)
+            words = align_words(heard, clip.text, models.aligner, params.word)
         except StageError as exc:
             if "alignment failed" not in exc.reason:
                 raise
             words, mode = spread_words(clip.text, speech, params.word), "spread"
     else:
-        words = transcribe(audio, models.asr, params.word)
+        words = transcribe(heard, models.asr, params.word)
     if not words:
         raise StageError("words", "no words found in the speech")
     words = assign_speakers(words, turns)

@@ -199,5 +199,5 @@ def load_bundled_pipeline(device: str | torch.device | None = None, params: Pyan
 
 def waveform_input(audio: np.ndarray) -> dict:
     """pyannote's in-memory audio: no file, no torchcodec."""
-    waveform = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]  # (1, samples)
+    waveform = torch.tensor(audio, dtype=torch.float32)[None]  # (1, samples), a copy: audio may be read-only
     return {"waveform": waveform, "sample_rate": SAMPLE_RATE}
