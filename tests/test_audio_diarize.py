@@ -1,8 +1,7 @@
-"""diarize (GE2E d-vectors + agglomerative clustering), diarize_single, assign_speakers, pyannote hooks."""
+"""diarize (the dvector backend: GE2E d-vectors + clustering), diarize_single, assign_speakers, diarize_pyannote's
+contract with any pipeline. The bundled pyannote pipeline itself: tests/test_audio_pyannote.py."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from cmbert.audio.diarize import (
     assign_speakers,
     diarize,
     diarize_single,
-    load_pyannote,
     load_speaker_encoder,
 )
 from cmbert.audio.vad import detect_speech, load_vad
@@ -104,12 +102,6 @@ def test_assign_speakers_by_largest_overlap():
     ]
     assert [w.speaker for w in assign_speakers(words, turns)] == ["S0", "S1", "S1", "S0", None]
     assert assign_speakers(words, []) == words
-
-
-@pytest.mark.skipif(importlib.util.find_spec("pyannote.audio") is not None, reason="pyannote.audio is installed")
-def test_pyannote_missing_is_a_clear_error():
-    with pytest.raises(ImportError, match="pyannote.audio"):
-        load_pyannote("pyannote/speaker-diarization-community-1")
 
 
 def test_diarize_pyannote_with_a_stand_in_pipeline():

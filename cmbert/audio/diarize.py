@@ -319,14 +319,19 @@ def load_pyannote(path_or_id: str | None = None, device: str | None = None, toke
     return pipeline
 
 
-def _local_speakers(pipeline, file: dict, min_seconds: float) -> int | None:
-    """Speakers the segmentation model hears in a one-window clip (None: not a bundled-style pipeline)."""
-    get = getattr(pipeline, "get_segmentations", None)
-    if get is None:
+def _local_speakers(pipeline, audio: np.ndarray, min_seconds: float) -> int | None:
+    """Speakers the segmentation model hears in a clip of at most one window: one forward pass on the clip
+    itself (not padded to the 10 s window). None when the pipeline is not a pyannote SpeakerDiarization."""
+    inference = getattr(pipeline, "_segmentation", None)
+    if inference is None or not hasattr(inference, "conversion"):
         return None
-    seg = get(file)  # (chunks, frames, local speakers), 0/1 for powerset models
-    active = np.nan_to_num(seg.data).sum(axis=1) * seg.sliding_window.step  # (chunks, local) seconds
-    return int((active.max(axis=0) >= min_seconds).sum())
+    model = inference.model
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = inference.conversion(model(torch.tensor(audio, dtype=torch.float32, device=device)[None, None]))
+    active = out[0].float().cpu().numpy()  # (frames, local speakers), 0/1
+    seconds = active.sum(axis=0) * (audio.size / SAMPLE_RATE) / max(1, active.shape[0])
+    return int((seconds >= min_seconds).sum())
 
 
 def diarize_pyannote(
@@ -344,15 +349,14 @@ def diarize_pyannote(
     """
     from cmbert.audio.pyannote_pipeline import waveform_input
 
-    file = waveform_input(audio)
+    if speech and run.num_speakers == 1:
+        return diarize_single(speech)
     with torch_threads(run.torch_threads):
         if (speech and run.num_speakers is None and audio.size <= run.short_clip_seconds * SAMPLE_RATE
-                and _local_speakers(pipeline, file, run.min_local_speaker_seconds) == 1):
+                and _local_speakers(pipeline, audio, run.min_local_speaker_seconds) == 1):
             return diarize_single(speech)
         kwargs = {} if run.num_speakers is None else {"num_speakers": run.num_speakers}
-        if run.num_speakers == 1 and speech:
-            return diarize_single(speech)
-        result = pipeline(file, **kwargs)
+        result = pipeline(waveform_input(audio), **kwargs)
     # pyannote.audio 4 returns an object holding the Annotation; 3.x returns the Annotation itself.
     annotation = getattr(result, "speaker_diarization", result)
     turns = [(seg.start, seg.end, label) for seg, _, label in annotation.itertracks(yield_label=True)]
