@@ -138,3 +138,26 @@ def test_der_on_real_call(models, shared_data):
     uem = Timeline([Segment(0, audio.size / SAMPLE_RATE)])
     der = DiarizationErrorRate(collar=DER_COLLAR)(ref, hyp, uem=uem)
     assert der <= DER_TARGET, f"DER {der:.3f} (collar {DER_COLLAR})"
+
+
+def test_num_speakers_reaches_pyannote():
+    """--num-speakers travels ClipParams -> speaker_turns -> the pipeline's num_speakers (a stand-in pipeline
+    records what it is given; the real one is in tests/test_audio_pyannote.py)."""
+    from pyannote.core import Annotation, Segment
+
+    from cmbert.pipeline import ClipModels, ClipParams, speaker_turns
+
+    seen = []
+
+    def pipeline(file, **kwargs):
+        seen.append(kwargs)
+        ann = Annotation()
+        ann[Segment(0.0, 0.5)] = "A"
+        return ann
+
+    models = ClipModels(vad=None, features=None, pyannote=pipeline)
+    audio = np.zeros(SAMPLE_RATE, np.float32)
+    for params, expected in ((ClipParams(), {}), (ClipParams(num_speakers=3), {"num_speakers": 3}),
+                             (ClipParams(diarizer="pyannote", num_speakers=2), {"num_speakers": 2})):
+        assert speaker_turns(audio, [(0.0, 0.5)], models, params) == [Turn(0.0, 0.5, "S0")]
+        assert seen[-1] == expected

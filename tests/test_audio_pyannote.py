@@ -141,3 +141,15 @@ def test_der_on_real_call(pipeline, vad, shared_data):
     uem = Timeline([Segment(0, audio.size / SAMPLE_RATE)])
     der = DiarizationErrorRate(collar=0.0)(ref, hyp, uem=uem)
     assert der <= CALL_DER_TARGET, f"DER {der:.3f} (collar 0)"
+
+
+@pytest.mark.gpu
+def test_bundled_pipeline_on_cuda(vad):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    pipeline = load_pyannote(device="cuda")
+    audio = clip("two_speakers.wav")
+    turns = diarize_pyannote(audio, pipeline, speech=detect_speech(audio, vad))
+    assert len({t.speaker for t in turns}) == 2
