@@ -307,8 +307,8 @@ def load_pyannote(path_or_id: str | None = None, device: str | None = None, toke
 
     if path_or_id is None:
         return pyannote_pipeline.load_bundled_pipeline(device=device)
-    pyannote_pipeline._offline_environment()
-    pyannote_pipeline._check_torchaudio()
+    pyannote_pipeline.offline_environment()
+    pyannote_pipeline.check_torchaudio()
     from pyannote.audio import Pipeline
 
     pipeline = Pipeline.from_pretrained(path_or_id, token=token) if token else Pipeline.from_pretrained(path_or_id)
@@ -352,9 +352,10 @@ def diarize_pyannote(
     if speech and run.num_speakers == 1:
         return diarize_single(speech)
     with torch_threads(run.torch_threads):
-        if (speech and run.num_speakers is None and audio.size <= run.short_clip_seconds * SAMPLE_RATE
-                and _local_speakers(pipeline, audio, run.min_local_speaker_seconds) == 1):
-            return diarize_single(speech)
+        if speech and run.num_speakers is None and audio.size <= run.short_clip_seconds * SAMPLE_RATE:
+            local = _local_speakers(pipeline, audio, run.min_local_speaker_seconds)
+            if local is not None and local <= 1:  # one voice (or one too faint for it): no clustering needed
+                return diarize_single(speech)
         kwargs = {} if run.num_speakers is None else {"num_speakers": run.num_speakers}
         result = pipeline(waveform_input(audio), **kwargs)
     # pyannote.audio 4 returns an object holding the Annotation; 3.x returns the Annotation itself.

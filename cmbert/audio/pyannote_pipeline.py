@@ -72,7 +72,7 @@ class PyannoteParams:
     embedding_batch_size: int = 32
 
 
-def _offline_environment() -> None:
+def offline_environment() -> None:
     os.environ["PYANNOTE_METRICS_ENABLED"] = "0"  # read by pyannote at each model/pipeline creation
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -101,7 +101,7 @@ def weights_path(weights: WeightsFile, root: Path | None = None) -> Path:
     return path
 
 
-def _check_torchaudio() -> None:
+def check_torchaudio() -> None:
     try:
         import torchaudio.compliance.kaldi  # noqa: F401
     except OSError as e:  # the registry's CUDA build with its native extension still in place
@@ -160,8 +160,8 @@ def _embedding_model_class():
 
 def load_campplus(device: str | torch.device = "cpu"):
     """The CAM++ embedding ``Model`` with the bundled, sha256-checked weights."""
-    _offline_environment()
-    _check_torchaudio()
+    offline_environment()
+    check_torchaudio()
     state = torch.load(weights_path(EMBEDDING), map_location="cpu", weights_only=True)
     model = _embedding_model_class()(state).eval()
     return model.to(torch.device(device))
@@ -169,8 +169,8 @@ def load_campplus(device: str | torch.device = "cpu"):
 
 def load_bundled_pipeline(device: str | torch.device | None = None, params: PyannoteParams = PyannoteParams()):
     """segmentation-3.0 + CAM++ + agglomerative clustering, offline, from the bundled weights."""
-    _offline_environment()
-    _check_torchaudio()
+    offline_environment()
+    check_torchaudio()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "torchcodec is not installed correctly": it is not used
         from pyannote.audio import Model
