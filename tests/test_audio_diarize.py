@@ -161,3 +161,11 @@ def test_num_speakers_reaches_pyannote():
                              (ClipParams(diarizer="pyannote", num_speakers=2), {"num_speakers": 2})):
         assert speaker_turns(audio, [(0.0, 0.5)], models, params) == [Turn(0.0, 0.5, "S0")]
         assert seen[-1] == expected
+
+
+def test_a_word_in_overlapping_speech():
+    """pyannote's turns overlap: a word goes to the turn covering more of it; when both cover all of it, to the
+    turn that began first (the floor holder, not the back-channel)."""
+    turns = [Turn(0.0, 5.0, "S0"), Turn(2.0, 3.0, "S1"), Turn(4.8, 8.0, "S1")]
+    words = [Word("yeah", 2.2, 2.6), Word("and", 4.7, 5.3), Word("so", 5.5, 5.9)]
+    assert [w.speaker for w in assign_speakers(words, turns)] == ["S0", "S1", "S1"]

@@ -266,7 +266,11 @@ def _diarize(audio: np.ndarray, speech: list[tuple[float, float]], encoder, para
 
 
 def assign_speakers(words: list[Word], turns: list[Turn]) -> list[Word]:
-    """Each timed word gets the speaker whose turn overlaps it most (the nearest turn when none does)."""
+    """Each timed word gets the speaker whose turn overlaps it most (the nearest turn when none does).
+
+    Where turns overlap (two people at once) and both cover all of the word, it goes to the turn that began
+    first (turns are sorted by start): the one holding the floor, so a back-channel does not split their utterance.
+    """
     if not turns:
         return list(words)
     starts = np.array([t.start for t in turns])
