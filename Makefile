@@ -18,13 +18,13 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 venv: $(STAMP)
 
+# Every registry torchaudio is a CUDA build whose native extension needs libc10_cuda.so: after the install its
+# torchaudio/lib/*.so are deleted, so it runs in pure-Python mode (kaldi fbank, resample), and a fbank call checks it.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps $(NODEPS)
-	# Every registry torchaudio is a CUDA build whose native extension needs libc10_cuda.so; without
-	# torchaudio/lib/*.so it runs in pure-Python mode (kaldi fbank, resample). Then check that it works.
 	$(PY) -c "import importlib.util, pathlib; lib = pathlib.Path(importlib.util.find_spec('torchaudio').origin).parent / 'lib'; [p.unlink() for p in lib.glob('*.so')]"
 	$(PY) -c "import torch, torchaudio.compliance.kaldi as k; assert k.fbank(torch.randn(1, 16000), num_mel_bins=80).shape == (98, 80)"
 	touch $(STAMP)
