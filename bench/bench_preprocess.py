@@ -15,7 +15,7 @@ cost). x realtime = audio seconds / wall seconds.
   Ray vs sequential = the ratio of the two end-to-end rates (sequential including its model load). The job
   also runs on the first tenth of the clips; the two sizes split its wall time into a fixed start-up and a
   steady rate (ray_fixed_startup_s, ray_steady_x_realtime).
-- the 30 s two-speaker call: diarization error rate (pyannote.metrics, collar 0.5 s total and 0) against
+- the 30 s two-speaker call: the default diarizer's error rate (pyannote.metrics, collar 0.5 s total and 0) against
   sample.rttm and ASR word error rate (jiwer, lower case, punctuation dropped) against sample.stm.
 Writes bench/results/preprocess.json.
 """
@@ -38,7 +38,8 @@ from common import REPO, SHARED_DATA, ravdess_dev_rows, write_manifest, write_re
 sys.path.insert(0, str(REPO / "jobs"))
 
 # Stage functions as cmbert.pipeline imports them: name in the module -> stage label.
-STAGES = {"decode_audio": "decode", "detect_speech": "vad", "diarize": "diarize", "align_words": "align",
+STAGES = {"decode_audio": "decode", "boost_quiet": "level", "detect_speech": "vad", "diarize": "diarize",
+          "diarize_pyannote": "diarize", "align_words": "align",
           "transcribe": "asr", "assign_speakers": "assign", "split_utterances": "split", "word_features": "features"}
 
 
@@ -81,8 +82,13 @@ def load_models(words: str, features: str, threads: int):
     from cmbert.pipeline import ClipModels
 
     torch.set_num_threads(threads)
-    models = ClipModels(vad=vad.load_vad(), features=feats.load_features(features),
-                        speaker_encoder=diarize.load_speaker_encoder())
+    from cmbert.pipeline import DEFAULT_DIARIZER
+
+    models = ClipModels(vad=vad.load_vad(), features=feats.load_features(features))
+    if DEFAULT_DIARIZER == "pyannote":
+        models.pyannote = diarize.load_pyannote()
+    else:
+        models.speaker_encoder = diarize.load_speaker_encoder()
     if words == "align":
         models.aligner = w.load_aligner()
     else:
@@ -161,15 +167,16 @@ def call_checks(features: str, threads: int) -> dict:
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     from cmbert.audio.decode import SAMPLE_RATE, decode_audio
-    from cmbert.audio.diarize import diarize
-    from cmbert.audio.vad import detect_speech
+    from cmbert.audio.vad import boost_quiet, detect_speech
     from cmbert.audio.words import transcribe
+    from cmbert.pipeline import DEFAULT_DIARIZER, ClipParams, speaker_turns
 
     call = SHARED_DATA / "call-2spk"
     models = load_models("asr", features, threads)
     audio = decode_audio((call / "sample.wav").read_bytes())
     t0 = time.perf_counter()
-    turns = diarize(audio, detect_speech(audio, models.vad), models.speaker_encoder)
+    heard = boost_quiet(audio)
+    turns = speaker_turns(heard, detect_speech(heard, models.vad), models, ClipParams())  # the default diarizer
     diarize_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     words = transcribe(audio, models.asr)
@@ -182,7 +189,7 @@ def call_checks(features: str, threads: int) -> dict:
     seconds = audio.size / SAMPLE_RATE
     uem = Timeline([Segment(0, seconds)])
     ref_text = normalise(" ".join(line.split(None, 5)[5] for line in open(call / "sample.stm")))
-    return {"audio_seconds": round(seconds, 2), "speakers": len({t.speaker for t in turns}),
+    return {"audio_seconds": round(seconds, 2), "diarizer": DEFAULT_DIARIZER, "speakers": len({t.speaker for t in turns}),
             "der_collar_0.5": round(DiarizationErrorRate(collar=0.5)(ref, hyp, uem=uem), 4),
             "der_collar_0": round(DiarizationErrorRate(collar=0.0)(ref, hyp, uem=uem), 4),
             "asr_wer": round(jiwer.wer(ref_text, normalise(" ".join(w.word for w in words))), 4),

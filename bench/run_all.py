@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
-ORDER = ("preprocess", "train", "score", "memory", "gpu", "scale")  # scale reads the others' JSONs: last
+ORDER = ("preprocess", "train", "score", "memory", "gpu", "diarize", "scale")  # scale reads the others' JSONs: last
 QUALITY = ("mosi", "ravdess")  # accuracy, not cost: only with --quality or --only
 
 
@@ -53,6 +53,15 @@ HEADLINES: dict[str, list[Figure]] = {
         Figure("ASR WER vs RAVDESS transcripts", "asr_path/sequential/wer_vs_manifest", "%"),
         Figure("call: DER, collar 0.5 s", "call_2spk/der_collar_0.5", "%"),
         Figure("call: ASR WER", "call_2spk/asr_wer", "%"),
+    ],
+    "diarize": [
+        Figure("default diarizer", "default_diarizer"),
+        Figure("pyannote: call DER, collar 0", "pyannote/call/der_collar_0", "%"),
+        Figure("pyannote: RAVDESS mixes DER, collar 0", "pyannote/mixes/der_collar_0", "%"),
+        Figure("pyannote: x realtime per CPU second", "pyannote/mixes/x_realtime_per_cpu_second", "x realtime"),
+        Figure("dvector: call DER, collar 0", "dvector/call/der_collar_0", "%"),
+        Figure("dvector: RAVDESS mixes DER, collar 0", "dvector/mixes/der_collar_0", "%"),
+        Figure("dvector: x realtime per CPU second", "dvector/mixes/x_realtime_per_cpu_second", "x realtime"),
     ],
     "train": [
         Figure("plain loop, 2 threads", "plain_2_threads/samples_per_s", " samples/s"),

@@ -12,24 +12,34 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cmbert.audio.decode import SAMPLE_RATE, decode_audio
-from cmbert.audio.diarize import DiarizeParams, Turn, assign_speakers, diarize, diarize_pyannote, diarize_single
+from cmbert.audio.diarize import (
+    DiarizeParams,
+    PyannoteRun,
+    Turn,
+    assign_speakers,
+    diarize,
+    diarize_pyannote,
+    diarize_single,
+)
 from cmbert.audio.features import word_features
 from cmbert.audio.utterances import SplitParams, split_utterances
-from cmbert.audio.vad import VadParams, detect_energy, detect_speech
+from cmbert.audio.vad import LevelParams, VadParams, boost_quiet, detect_energy, detect_speech
 from cmbert.audio.words import WordParams, align_words, spread_words, transcribe
 from cmbert.manifest import Clip, StageError, Utterance, Word
 
-DIARIZERS = ("auto", "none", "pyannote")
+DIARIZERS = ("auto", "pyannote", "dvector", "none")
+DEFAULT_DIARIZER = "pyannote"  # what "auto" runs: the better on DER (bench/bench_diarize.py, README)
 WORD_MODES = ("auto", "align", "asr")
 
 
 @dataclass(frozen=True)
 class ClipParams:
-    diarizer: str = "auto"  # auto: VAD + d-vectors + clustering; none: one speaker; pyannote: its pipeline
+    diarizer: str = "auto"  # auto: DEFAULT_DIARIZER; pyannote; dvector: VAD + d-vectors + clustering; none: one speaker
     words: str = "auto"  # auto: align when a transcript is known, else ASR
     max_clip_seconds: float = 3 * 3600.0
     num_speakers: int | None = None
     vad: VadParams = field(default_factory=VadParams)
+    level: LevelParams = field(default_factory=LevelParams)
     diarize: DiarizeParams = field(default_factory=DiarizeParams)
     word: WordParams = field(default_factory=WordParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -44,7 +54,7 @@ class ClipModels:
     speaker_encoder: object | None = None
     aligner: object | None = None
     asr: object | None = None
-    pyannote: object | None = None
+    pyannote: object | None = None  # a pyannote.audio pipeline (the bundled one unless --diarizer-model)
 
 
 @dataclass(frozen=True)
@@ -66,19 +76,20 @@ def process_clip(data: bytes, clip: Clip, models: ClipModels, params: ClipParams
     audio = decode_audio(data, max_seconds=params.max_clip_seconds, start=clip.start, end=clip.end)
     offset = clip.start or 0.0
     seconds = len(audio) / SAMPLE_RATE
-    speech = find_speech(audio, clip, models, params)
-    turns = speaker_turns(audio, speech, models, params)
+    heard = boost_quiet(audio, params.level)  # quiet speech raised for detection and words; features keep `audio`
+    speech = find_speech(heard, clip, models, params)
+    turns = speaker_turns(heard, speech, models, params)
 
     mode = words_mode(clip, params)
     if mode == "align":
         try:
-            words = align_words(audio, clip.text, models.aligner, params.word)
+            words = align_words(heard, clip.text, models.aligner, params.word)
         except StageError as exc:
             if "alignment failed" not in exc.reason:
                 raise
             words, mode = spread_words(clip.text, speech, params.word), "spread"
     else:
-        words = transcribe(audio, models.asr, params.word)
+        words = transcribe(heard, models.asr, params.word)
     if not words:
         raise StageError("words", "no words found in the speech")
     words = assign_speakers(words, turns)
@@ -127,15 +138,20 @@ def find_speech(audio: np.ndarray, clip: Clip, models: ClipModels, params: ClipP
         return detect_energy(audio)
 
 
+def diarizer_name(params: ClipParams) -> str:
+    return DEFAULT_DIARIZER if params.diarizer == "auto" else params.diarizer
+
+
 def speaker_turns(audio: np.ndarray, speech, models: ClipModels, params: ClipParams) -> list[Turn]:
-    if params.diarizer == "none":
+    from dataclasses import replace
+
+    name = diarizer_name(params)
+    if name == "none":
         return diarize_single(speech)
-    if params.diarizer == "pyannote":
-        return diarize_pyannote(audio, models.pyannote)
+    if name == "pyannote":
+        return diarize_pyannote(audio, models.pyannote, PyannoteRun(num_speakers=params.num_speakers), speech)
     dparams = params.diarize
     if params.num_speakers is not None:
-        from dataclasses import replace
-
         dparams = replace(dparams, num_speakers=params.num_speakers)
     return diarize(audio, speech, models.speaker_encoder, dparams)
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 from cmbert.audio.features import DEFAULT_BACKEND
 from cmbert.faults import kill_point
 from cmbert.manifest import Clip, Reject, StageError, content_id, source_id, task_id, text_id
-from cmbert.pipeline import ClipModels, ClipParams, process_clip, text_utterance
+from cmbert.pipeline import ClipModels, ClipParams, diarizer_name, process_clip, text_utterance
 from schemas import REJECTS_SCHEMA, UTTERANCES_SCHEMA
 
 # Rejects at this stage (a file that exists but could not be read: storage unreachable, access denied) are
@@ -45,7 +45,7 @@ class ModelChoice:
     features: str = DEFAULT_BACKEND
     asr_model: str | None = None  # faster-whisper size or path; None = bundled tiny.en
     feature_model: str | None = None  # whisper features: CTranslate2 whisper path; None = bundled tiny.en
-    diarizer_model: str | None = None  # pyannote pipeline path or hub id
+    diarizer_model: str | None = None  # pyannote pipeline path or hub id; None = bundled segmentation-3.0 + CAM++
     device: str = "cpu"
 
 
@@ -76,9 +76,10 @@ class ClipStage:
             self._models = ClipModels(vad=vad.load_vad(), features=features.load_features(
                 self.choice.features, model_path=self.choice.feature_model, device=self.choice.device,
                 cpu_threads=self.torch_threads))
-            if self.params.diarizer == "auto":
+            diarizer = diarizer_name(self.params)
+            if diarizer == "dvector":
                 self._models.speaker_encoder = diarize.load_speaker_encoder(device=self.choice.device)
-            elif self.params.diarizer == "pyannote":
+            elif diarizer == "pyannote":  # None: the bundled offline pipeline
                 self._models.pyannote = diarize.load_pyannote(self.choice.diarizer_model, device=self.choice.device)
         if need_aligner and self._models.aligner is None:
             self._models.aligner = words.load_aligner()

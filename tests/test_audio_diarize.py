@@ -1,8 +1,7 @@
-"""diarize (GE2E d-vectors + agglomerative clustering), diarize_single, assign_speakers, pyannote hooks."""
+"""diarize (the dvector backend: GE2E d-vectors + clustering), diarize_single, assign_speakers, diarize_pyannote's
+contract with any pipeline. The bundled pyannote pipeline itself: tests/test_audio_pyannote.py."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from cmbert.audio.diarize import (
     assign_speakers,
     diarize,
     diarize_single,
-    load_pyannote,
     load_speaker_encoder,
 )
 from cmbert.audio.vad import detect_speech, load_vad
@@ -106,12 +104,6 @@ def test_assign_speakers_by_largest_overlap():
     assert assign_speakers(words, []) == words
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pyannote.audio") is not None, reason="pyannote.audio is installed")
-def test_pyannote_missing_is_a_clear_error():
-    with pytest.raises(ImportError, match="pyannote.audio"):
-        load_pyannote("pyannote/speaker-diarization-community-1")
-
-
 def test_diarize_pyannote_with_a_stand_in_pipeline():
     from pyannote.core import Annotation, Segment
 
@@ -146,3 +138,34 @@ def test_der_on_real_call(models, shared_data):
     uem = Timeline([Segment(0, audio.size / SAMPLE_RATE)])
     der = DiarizationErrorRate(collar=DER_COLLAR)(ref, hyp, uem=uem)
     assert der <= DER_TARGET, f"DER {der:.3f} (collar {DER_COLLAR})"
+
+
+def test_num_speakers_reaches_pyannote():
+    """--num-speakers travels ClipParams -> speaker_turns -> the pipeline's num_speakers (a stand-in pipeline
+    records what it is given; the real one is in tests/test_audio_pyannote.py)."""
+    from pyannote.core import Annotation, Segment
+
+    from cmbert.pipeline import ClipModels, ClipParams, speaker_turns
+
+    seen = []
+
+    def pipeline(file, **kwargs):
+        seen.append(kwargs)
+        ann = Annotation()
+        ann[Segment(0.0, 0.5)] = "A"
+        return ann
+
+    models = ClipModels(vad=None, features=None, pyannote=pipeline)
+    audio = np.zeros(SAMPLE_RATE, np.float32)
+    for params, expected in ((ClipParams(), {}), (ClipParams(num_speakers=3), {"num_speakers": 3}),
+                             (ClipParams(diarizer="pyannote", num_speakers=2), {"num_speakers": 2})):
+        assert speaker_turns(audio, [(0.0, 0.5)], models, params) == [Turn(0.0, 0.5, "S0")]
+        assert seen[-1] == expected
+
+
+def test_a_word_in_overlapping_speech():
+    """pyannote's turns overlap: a word goes to the turn covering more of it; when both cover all of it, to the
+    turn that began first (the floor holder, not the back-channel)."""
+    turns = [Turn(0.0, 5.0, "S0"), Turn(2.0, 3.0, "S1"), Turn(4.8, 8.0, "S1")]
+    words = [Word("yeah", 2.2, 2.6), Word("and", 4.7, 5.3), Word("so", 5.5, 5.9)]
+    assert [w.speaker for w in assign_speakers(words, turns)] == ["S0", "S1", "S1"]

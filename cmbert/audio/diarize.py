@@ -1,10 +1,13 @@
 """Speaker diarization: who spoke when.
 
-The default diarizer runs on CPU with bundled weights: GE2E d-vectors (resemblyzer) over sliding
-windows of the speech regions, agglomerative clustering with cosine distance whose cut height sets
-the number of speakers, then a second, finer pass that labels short windows by their nearest
-cluster centroid so that turn boundaries land within about a hop of the change. On a GPU cluster
-``diarize_pyannote`` wraps a pyannote.audio pipeline instead (not installable beside the CPU torch).
+Two backends, both offline on the CPU with bundled weights (``--diarizer``):
+
+- ``pyannote`` (the default; ``diarize_pyannote``): pyannote.audio's speaker-diarization pipeline with
+  segmentation-3.0 and CAM++ embeddings (``cmbert/audio/pyannote_pipeline.py``), or any pyannote pipeline
+  directory or hub id given as ``--diarizer-model``. Its turns may overlap (two people at once).
+- ``dvector`` (``diarize``): GE2E d-vectors (resemblyzer) over sliding windows of the speech regions,
+  agglomerative clustering with cosine distance whose cut height sets the number of speakers, then a
+  second, finer pass that labels short windows by their nearest cluster centroid. One speaker at a time.
 
 Speaker labels are "S0", "S1", ... in order of first appearance in the clip.
 """
@@ -263,7 +266,11 @@ def _diarize(audio: np.ndarray, speech: list[tuple[float, float]], encoder, para
 
 
 def assign_speakers(words: list[Word], turns: list[Turn]) -> list[Word]:
-    """Each timed word gets the speaker whose turn overlaps it most (the nearest turn when none does)."""
+    """Each timed word gets the speaker whose turn overlaps it most (the nearest turn when none does).
+
+    Where turns overlap (two people at once) and both cover all of the word, it goes to the turn that began
+    first (turns are sorted by start): the one holding the floor, so a back-channel does not split their utterance.
+    """
     if not turns:
         return list(words)
     starts = np.array([t.start for t in turns])
@@ -283,19 +290,31 @@ def assign_speakers(words: list[Word], turns: list[Turn]) -> list[Word]:
     return out
 
 
-def load_pyannote(path_or_id: str, device: str | None = None, token: str | None = None):
-    """A pyannote.audio speaker-diarization pipeline from a local directory or a hub id (GPU clusters).
+@dataclass(frozen=True)
+class PyannoteRun:
+    """How ``diarize_pyannote`` runs the pipeline on one clip (the pipeline's own hyper-parameters live in
+    ``cmbert.audio.pyannote_pipeline.PyannoteParams``)."""
 
-    pyannote.audio is an optional extra (``pip install cmbert[pyannote]``); it is not installed with
-    the CPU stack because its torchaudio/torchcodec wheels need CUDA.
-    """
-    try:
-        from pyannote.audio import Pipeline
-    except ImportError as e:
-        raise ImportError(
-            "diarize_pyannote needs pyannote.audio (pip install 'cmbert[pyannote]' with a matching CUDA torch); "
-            "use the built-in diarize() on CPU"
-        ) from e
+    num_speakers: int | None = None  # fixes the count
+    # A clip no longer than one segmentation window (10 s) whose window holds one local speaker is one speaker:
+    # its embeddings and clustering are skipped (the alignment path's clips are mostly such: 3-5 s, one voice).
+    short_clip_seconds: float = 10.0
+    min_local_speaker_seconds: float = 0.5  # a local speaker active for less than this does not count
+    torch_threads: int | None = 1  # intra-op threads during the call (None: the process setting)
+
+
+def load_pyannote(path_or_id: str | None = None, device: str | None = None, token: str | None = None):
+    """A pyannote.audio speaker-diarization pipeline: the bundled offline one (segmentation-3.0 + CAM++) when
+    ``path_or_id`` is None, else a pipeline directory or hub id (read from the local hub cache unless the
+    caller set ``HF_HUB_OFFLINE=0``)."""
+    from cmbert.audio import pyannote_pipeline
+
+    if path_or_id is None:
+        return pyannote_pipeline.load_bundled_pipeline(device=device)
+    pyannote_pipeline.offline_environment()
+    pyannote_pipeline.check_torchaudio()
+    from pyannote.audio import Pipeline
+
     pipeline = Pipeline.from_pretrained(path_or_id, token=token) if token else Pipeline.from_pretrained(path_or_id)
     if pipeline is None:
         raise RuntimeError(f"pyannote could not load a pipeline from {path_or_id!r}")
@@ -304,14 +323,50 @@ def load_pyannote(path_or_id: str, device: str | None = None, token: str | None 
     return pipeline
 
 
-def diarize_pyannote(audio: np.ndarray, pipeline, num_speakers: int | None = None) -> list[Turn]:
-    """Turns from a pyannote.audio pipeline run on in-memory audio, relabelled "S0", "S1", ..."""
-    waveform = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]  # (1, samples)
-    kwargs = {} if num_speakers is None else {"num_speakers": num_speakers}
-    result = pipeline({"waveform": waveform, "sample_rate": SAMPLE_RATE}, **kwargs)
+def _local_speakers(pipeline, audio: np.ndarray, min_seconds: float) -> int | None:
+    """Speakers the segmentation model hears in a clip of at most one window: one forward pass on the clip
+    itself (not padded to the 10 s window). None when the pipeline is not a pyannote SpeakerDiarization."""
+    inference = getattr(pipeline, "_segmentation", None)
+    if inference is None or not hasattr(inference, "conversion"):
+        return None
+    model = inference.model
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = inference.conversion(model(torch.tensor(audio, dtype=torch.float32, device=device)[None, None]))
+    active = out[0].float().cpu().numpy()  # (frames, local speakers), 0/1
+    seconds = active.sum(axis=0) * (audio.size / SAMPLE_RATE) / max(1, active.shape[0])
+    return int((seconds >= min_seconds).sum())
+
+
+def diarize_pyannote(
+    audio: np.ndarray,
+    pipeline,
+    run: PyannoteRun = PyannoteRun(),
+    speech: list[tuple[float, float]] | None = None,
+) -> list[Turn]:
+    """Turns from a pyannote.audio pipeline run on in-memory audio, relabelled "S0", "S1", ...
+
+    Turns of different speakers overlap where both speak. ``speech`` (the VAD's regions) is the fallback:
+    a short one-voice clip, or a clip where pyannote hears nobody but the VAD heard speech, is one speaker
+    over those regions, so quiet speech never makes a clip a reject here. Raises StageError("diarize", ...)
+    when neither found speech.
+    """
+    from cmbert.audio.pyannote_pipeline import waveform_input
+
+    if speech and run.num_speakers == 1:
+        return diarize_single(speech)
+    with torch_threads(run.torch_threads):
+        if speech and run.num_speakers is None and audio.size <= run.short_clip_seconds * SAMPLE_RATE:
+            local = _local_speakers(pipeline, audio, run.min_local_speaker_seconds)
+            if local is not None and local <= 1:  # one voice (or one too faint for it): no clustering needed
+                return diarize_single(speech)
+        kwargs = {} if run.num_speakers is None else {"num_speakers": run.num_speakers}
+        result = pipeline(waveform_input(audio), **kwargs)
     # pyannote.audio 4 returns an object holding the Annotation; 3.x returns the Annotation itself.
     annotation = getattr(result, "speaker_diarization", result)
     turns = [(seg.start, seg.end, label) for seg, _, label in annotation.itertracks(yield_label=True)]
     if not turns:
+        if speech:
+            return diarize_single(speech)
         raise StageError(_STAGE, "pyannote found no speech")
     return _relabel(turns)
