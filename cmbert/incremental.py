@@ -23,6 +23,7 @@ import hashlib
 import json
 import posixpath
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -108,6 +109,23 @@ def _first_of_group(group: pa.Table, order: str, keep_done: bool) -> pa.Table:
     return first
 
 
+FILE_TASK_SCHEMA = pa.schema([("path", pa.string()), ("ids", pa.list_(pa.string())), ("n_done", pa.int64())])
+
+
+def by_file(plan, key: str, path: str, partitions: int):
+    """``pending(..., keep_done=True)`` rows grouped by input file: one row per file with the keys to do in it
+    (``ids``) and how many of its keys were done (``n_done``). Workers then read each file once."""
+    return plan.groupby(path, num_partitions=partitions).map_groups(partial(_file_task, key=key, path=path),
+                                                                batch_format="pyarrow")
+
+
+def _file_task(group: pa.Table, key: str, path: str) -> pa.Table:
+    done = group.column(DONE)
+    todo = group.filter(pc.invert(done)).column(key).to_pylist()
+    return pa.Table.from_pylist([{"path": group.column(path)[0].as_py(), "ids": todo,
+                                  "n_done": int(pc.sum(done.cast(pa.int64())).as_py() or 0)}], schema=FILE_TASK_SCHEMA)
+
+
 # ---------------------------------------------------------------- workers write
 
 
@@ -177,6 +195,7 @@ class Tally:
     files: int = 0
     bytes: int = 0
     reasons: dict = field(default_factory=dict)
+    first_row_s: float | None = None  # seconds from the publisher's start to the first manifest
 
     def add(self, m: dict, main_table: str) -> None:
         if m["table"] == "":
@@ -204,8 +223,11 @@ class Publisher:
         self.waiting: list[dict] = []  # deferred manifests: one small row per file
         self.published: set[str] = set()  # names of files published by this run (a few per thousand rows)
         self.tally = Tally()
+        self.t0 = time.monotonic()
 
     def add(self, manifest: pa.Table) -> None:
+        if self.tally.first_row_s is None:
+            self.tally.first_row_s = time.monotonic() - self.t0
         for m in manifest.to_pylist():
             self.tally.add(m, self.main_table)
             if m["table"]:

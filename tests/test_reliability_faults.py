@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 import uuid
 from pathlib import Path
 
@@ -219,27 +218,29 @@ def test_s3_stopped_mid_write_then_rerun_completes(tmp_path, ray_local, tiny_che
     bucket = s3.server.create_bucket("fault")
     rows = utterance_rows(40)
     data, out = f"{tmp_path}/utterances", f"s3://{bucket}/scored"
-    write_utterances(data, rows)  # one file: the job splits it into 2 blocks, so the run stages 2+ files
-    argv = ["--checkpoint", tiny_checkpoint, "--input", data, "--output", out, *SCORE_FLAGS, "--flush-rows", "10"]
+    for i in range(4):  # four input files: the workers stage one score file per input file
+        write_utterances(data, rows[10 * i:10 * (i + 1)])
+    argv = ["--checkpoint", tiny_checkpoint, "--input", data, "--output", out, *SCORE_FLAGS]
     secrets = (s3.server.secret_key, s3.server.access_key)
 
     def published() -> list[str]:
         return [k for k in s3.server.list_keys(bucket, "scored/scores/") if k.endswith(".parquet")]
 
-    # 1. The server dies while the run writes its files (after the first staged file, before the publish).
+    # 1. The server dies while the run writes its files: right after the driver gets the first file's manifest
+    # (the workers write the rest, or the driver publishes: either hits the dead server).
     with monkeypatch.context() as m:
-        m.setattr(score_job, "pq", types.SimpleNamespace(write_table=stop_after_first(score_job.pq.write_table,
-                                                                                      s3.stop)))
+        m.setattr(score_job.incremental.Publisher, "add",
+                  stop_after_first(score_job.incremental.Publisher.add, s3.stop))
         assert score_job.main(argv) == 2
     out_err = capfd.readouterr()
     err = out_err.err.strip().splitlines()
-    # the next write, or the publish's listing of the staged files, is the first call to hit the dead server
-    assert re.fullmatch(r"score: error: cannot (write|list) s3://\S+: S3 endpoint \S+ is unreachable", err[-1]), err
+    assert re.fullmatch(r"score: error: cannot (write|list|publish to) s3://\S+: S3 endpoint \S+ is unreachable",
+                        err[-1]), err[-1]
     assert not any(s in out_err.out + out_err.err for s in secrets)
     s3.start(monkeypatch)
-    assert published() == []  # nothing published; the one staged file sits in scored/_staging/, outside the dataset
+    assert published() == []  # nothing published; the staged files sit in scored/_staging/, outside the dataset
     staged = [k for k in s3.server.list_keys(bucket) if k.endswith(".parquet")]
-    assert len(staged) == 1 and staged[0].startswith("scored/_staging/")
+    assert staged and all(k.startswith("scored/_staging/") for k in staged)
 
     # 2. After the server is back, a rerun completes the work.
     assert score_job.main(argv) == 0
