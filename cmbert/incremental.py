@@ -72,6 +72,21 @@ def read_keys(uri: str, key: str, schema: pa.Schema, keep=None):
     return ds
 
 
+def lineage_safe_shuffle() -> None:
+    """Ray Data settings of these jobs (set before their datasets are built, which copy the context).
+
+    Group-bys shuffle with Ray tasks (sort-based, pull), not the default hash shuffle's aggregator actors: a
+    task's output lost with a node is rebuilt from its lineage; an actor's is not, so losing the node that held
+    an aggregator would fail the whole run (tests/test_multinode.py removes a node mid-run). A worker's
+    StorageError comes back as itself (the cause of Ray's task error), not as a UserCodeException with the
+    cause only in its text, so the jobs print it as their one-line error."""
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    ctx = DataContext.get_current()
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    ctx.raise_original_map_exception = True
+
+
 def _kept(t: pa.Table, keep, key: str) -> pa.Table:
     return t.filter(keep(t)).select([key])
 
@@ -82,6 +97,7 @@ def pending(items, done, key: str, order: str, schema: pa.Schema, partitions: in
     ``items`` and ``done`` are Ray datasets; ``done`` has the key column only (or is None). Keys only in ``done``
     produce nothing. With ``keep_done`` the keys both hold come too, with ``DONE`` true (to be counted).
     ``schema`` is the items' schema (done rows are padded to it for the shuffle)."""
+    lineage_safe_shuffle()
     items = items.map_batches(partial(_with_done, flag=False, schema=schema), batch_format="pyarrow",
                               batch_size=None)
     if done is not None:
@@ -115,6 +131,7 @@ FILE_TASK_SCHEMA = pa.schema([("path", pa.string()), ("ids", pa.list_(pa.string(
 def by_file(plan, key: str, path: str, partitions: int):
     """``pending(..., keep_done=True)`` rows grouped by input file: one row per file with the keys to do in it
     (``ids``) and how many of its keys were done (``n_done``). Workers then read each file once."""
+    lineage_safe_shuffle()
     return plan.groupby(path, num_partitions=partitions).map_groups(partial(_file_task, key=key, path=path),
                                                                 batch_format="pyarrow")
 
@@ -144,13 +161,14 @@ class StagedFiles:
     schema: pa.Schema
     run_id: str
     metadata: dict = field(default_factory=dict, hash=False)
+    endpoint: str | None = None  # the S3 endpoint for error messages (credential-free), as the driver sees it
 
     @classmethod
     def for_run(cls, table: str, uri: str, schema: pa.Schema, run_id: str, metadata: dict | None = None):
         loc = storage.locate(uri)
         staging = storage.staging_location(loc, run_id)
         return cls(table, loc.fs, staging.path, loc.path, loc.uri, schema, run_id,
-                   storage.safe_metadata(metadata))
+                   storage.safe_metadata(metadata), storage.safe_endpoint() if loc.is_s3 else None)
 
     def write(self, rows: pa.Table, keys: Iterable[str], items: int, sub: tuple[str, ...] = (),
               part: int = 0, drop: tuple[str, ...] = ()) -> dict:
@@ -159,7 +177,7 @@ class StagedFiles:
         digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
         rel = posixpath.join(*sub, f"part-{self.run_id}-{digest}-{part:03d}.parquet")
         nbytes = storage.write_staged(rows, self.fs, posixpath.join(self.staging, rel), self.uri, self.schema,
-                                      metadata=self.metadata, drop=drop)
+                                      metadata=self.metadata, drop=drop, endpoint=self.endpoint)
         return manifest_row(table=self.table, staged=posixpath.join(self.staging, rel), rel=rel,
                             rows=rows.num_rows, bytes=nbytes, items=items)
 

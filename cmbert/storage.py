@@ -126,14 +126,16 @@ def polars_storage_options(uri: str) -> dict | None:
     return opts
 
 
-def explain(exc: BaseException, uri: str, action: str) -> StorageError:
-    """Turn a pyarrow/AWS error into one line a user can act on. Credentials never appear."""
+def explain(exc: BaseException, uri: str, action: str, endpoint: str | None = None) -> StorageError:
+    """Turn a pyarrow/AWS error into one line a user can act on. Credentials never appear.
+
+    ``endpoint``: the S3 endpoint for the message, as the driver saw it (a worker's environment may lack it)."""
     text = str(exc)
     low = text.lower()
     squashed = re.sub(r"[\s_\-]", "", low)  # ACCESS_DENIED, Access Denied, AccessDenied -> accessdenied
     where = f"{action} {uri}"
     if is_s3(uri):
-        endpoint = _safe_endpoint()
+        endpoint = endpoint or _safe_endpoint()
         if any(s in low for s in ("couldn't connect", "could not connect", "connection refused", "curlcode: 7",
                                   "network_connection", "timed out", "resolve host", "curlcode: 28",
                                   "curlcode: 6")):
@@ -147,6 +149,10 @@ def explain(exc: BaseException, uri: str, action: str) -> StorageError:
             return StorageError(_redact(f"cannot {where}: bucket does not exist at S3 endpoint {endpoint}"))
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return StorageError(_redact(f"cannot {where}: {first[:300]}"))
+
+
+def safe_endpoint() -> str:
+    return _safe_endpoint()
 
 
 def _safe_endpoint() -> str:
@@ -529,7 +535,7 @@ def list_files(uri: str) -> list[str]:
 
 
 def write_staged(table: pa.Table, fs: pafs.FileSystem, path: str, uri: str, schema: pa.Schema, *,
-                 metadata: dict | None = None, drop: tuple[str, ...] = ()) -> int:
+                 metadata: dict | None = None, drop: tuple[str, ...] = (), endpoint: str | None = None) -> int:
     """Write one staged Parquet file (a worker's output) in the declared schema; returns its size in bytes.
 
     ``metadata`` must already be safe (``safe_metadata``); ``drop`` names columns kept in folder names instead
@@ -556,7 +562,7 @@ def write_staged(table: pa.Table, fs: pafs.FileSystem, path: str, uri: str, sche
                 fs.delete_file(tmp)
             except OSError:
                 pass
-        raise explain(exc, uri, "write") from None
+        raise explain(exc, uri, "write", endpoint) from None
 
 
 def require_shared(uri: str, timeout_s: float = 60.0) -> None:
