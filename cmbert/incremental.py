@@ -34,7 +34,8 @@ import pyarrow.fs as pafs
 
 from cmbert import storage
 
-DONE = "_done"  # column ``pending`` adds: the output already holds this key
+DONE = "_done"
+PLAN_CPUS = 0.25  # planning tasks (id columns, small rows) take a quarter core: they run beside the actors  # column ``pending`` adds: the output already holds this key
 # One row per file a worker staged (``table`` set), or per batch for its counts (``table`` empty).
 MANIFEST_SCHEMA = pa.schema([
     ("table", pa.string()),  # "utterances", "rejects", "scores"; "" on a counts-only row
@@ -65,10 +66,11 @@ def read_keys(uri: str, key: str, schema: pa.Schema, keep=None):
     if not files:
         return None
     columns = [key] + ([c for c in getattr(keep, "columns", ()) if c != key])
-    ds = ray.data.read_parquet(files, filesystem=loc.fs, columns=columns,
+    ds = ray.data.read_parquet(files, filesystem=loc.fs, columns=columns, num_cpus=PLAN_CPUS,
                                partitioning=None, override_num_blocks=min(len(files), 200))
     if keep is not None:
-        ds = ds.map_batches(partial(_kept, keep=keep, key=key), batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(partial(_kept, keep=keep, key=key), batch_format="pyarrow", batch_size=None,
+                            num_cpus=PLAN_CPUS)
     return ds
 
 
@@ -99,10 +101,10 @@ def pending(items, done, key: str, order: str, schema: pa.Schema, partitions: in
     ``schema`` is the items' schema (done rows are padded to it for the shuffle)."""
     lineage_safe_shuffle()
     items = items.map_batches(partial(_with_done, flag=False, schema=schema), batch_format="pyarrow",
-                              batch_size=None)
+                              batch_size=None, num_cpus=PLAN_CPUS)
     if done is not None:
         items = items.union(done.map_batches(partial(_with_done, flag=True, schema=schema), batch_format="pyarrow",
-                                             batch_size=None))
+                                             batch_size=None, num_cpus=PLAN_CPUS))
     return items.groupby(key, num_partitions=partitions).map_groups(
         partial(_first_of_group, order=order, keep_done=keep_done), batch_format="pyarrow")
 

@@ -76,7 +76,9 @@ def done_keys(output: str, retry_rejects: bool = False):
     if not retry_rejects:
         parts.append(incremental.read_keys(f"{output}/rejects", "task_id", REJECTS_SCHEMA, keep=final))
     parts = [p for p in parts if p is not None]
-    return parts[0].union(*parts[1:]) if parts else None
+    if not parts:
+        return None
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def run(cfg: PreprocessConfig) -> Tally:
@@ -147,9 +149,11 @@ def pipeline(cfg: PreprocessConfig, tasks: list[dict], early: list, targets, run
     blocks = max(1, min(len(rows) // max(cfg.clips_per_batch, 1), 200))
     named = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         identify_tasks, fn_kwargs={"input_uri": cfg.input, "input_fs": input_fs}, batch_format="pyarrow",
-        batch_size=None, num_cpus=0.25, **({"runtime_env": resources["runtime_env"]} if env_vars else {}))
+        batch_size=None, num_cpus=incremental.PLAN_CPUS, **({"runtime_env": resources["runtime_env"]} if env_vars else {}))
+    # Planned before the actor pool starts (a group by is a barrier anyway): on a small cluster the pool's actors
+    # would otherwise hold the CPUs the shuffle's tasks wait for. The plan stays in the object store.
     todo = incremental.pending(named, done_keys(cfg.output, cfg.retry_rejects), "task_id", "order", TASK_SCHEMA,
-                               partitions=blocks)
+                               partitions=blocks).materialize()
     utterances, rejects = targets
     return todo.map_batches(
         ClipWriter,

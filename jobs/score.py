@@ -24,7 +24,6 @@ import datetime as dt
 import json
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cmbert import faults, incremental, storage
@@ -136,6 +135,7 @@ def index_dataset(uri: str, files: list[str]):
     src = storage.locate(uri)
     cols = INDEX_COLUMNS
     return ray.data.read_parquet(files, filesystem=src.fs, columns=cols, include_paths=True, partitioning=None,
+                                 num_cpus=incremental.PLAN_CPUS,
                                  override_num_blocks=min(len(files), 200)), len(files)
 
 
@@ -153,6 +153,7 @@ def done_keys(output: str, model_version: str):
     import ray
 
     return ray.data.read_parquet(files, filesystem=loc.fs, columns=["utterance_id"], partitioning=None,
+                                 num_cpus=incremental.PLAN_CPUS,
                                  override_num_blocks=min(len(files), 200))
 
 
@@ -185,7 +186,9 @@ def run(cfg: ScoreConfig) -> Tally:
         stamp = ScoreStamp(info.model_id, info.model_version, run_id, score_date)
         plan = incremental.pending(index, done_keys(cfg.output, info.model_version), "utterance_id", "path",
                                    INDEX_SCHEMA, partitions=max(1, min(n_files, 200)), keep_done=True)
-        files = incremental.by_file(plan, "utterance_id", "path", partitions=max(1, min(n_files, 200)))
+        # Planned before the actor pool starts (a group by is a barrier anyway): on a small cluster the pool's
+        # actors would otherwise hold the CPUs the shuffle's tasks wait for. The plan stays in the object store.
+        files = incremental.by_file(plan, "utterance_id", "path", partitions=max(1, min(n_files, 200))).materialize()
         incremental.drain(score_dataset(cfg, info, files, stamp, partition, scores), publisher)
         publisher.commit()
     except BaseException as exc:
