@@ -13,7 +13,7 @@ Steady state is the difference between the 4x and the 1x corpus (the same work r
 and planning overheads cancel): driver CPU per 1,000 utterances = (D4 - D1) / (U4 - U1) * 1000 and the ratio
 (D4 - D1) / (C4 - C1). Corpora are bench_memory.py's (RAVDESS dev clips; synthetic utterances for score, scored
 by bench_score.py's checkpoint). Target: ratio <= 0.5% for both jobs; driver peak RSS 4x within 20% of 1x.
-Writes bench/results/driver-<label>.json.
+Writes bench/results/driver.json (``--label after``, the default) or driver-<label>.json.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def main() -> None:
             figures["score"] = fig
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write_result(f"driver-{args.label}", figures | {"config": vars(args)}, notes=(
+    write_result("driver" if args.label == "after" else f"driver-{args.label}", figures | {"config": vars(args)}, notes=(
         "CPU seconds from /proc/PID/stat (utime+stime, max seen per process, sampled every 0.2 s) of the job's "
         "process (driver) and its descendants (Ray GCS, raylet, workers: 'cluster'). steady = 4x minus 1x "
         "(start-up cancels). Measured on the shared 2-core machine (5 agents), under flock."))
