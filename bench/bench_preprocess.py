@@ -153,10 +153,10 @@ def ray_job(rows: list[dict], words: str, features: str, work: str, tag: str = "
     finally:
         preprocess.run = real_run
     tally = tallies[-1]
-    if rc != 0 or tally.rejects:
-        raise RuntimeError(f"preprocess.main returned {rc} with {tally.rejects} rejects")
-    return {"clips": tally.done, "audio_seconds": round(tally.audio_seconds, 2), "utterances": tally.utterances,
-            "rejects": tally.rejects, "wall_s": round(wall, 2), "x_realtime": round(tally.audio_seconds / wall, 2),
+    if rc != 0 or tally.rejected:
+        raise RuntimeError(f"preprocess.main returned {rc} with {tally.rejected} rejects")
+    return {"clips": tally.processed + tally.skipped, "audio_seconds": round(tally.audio_seconds, 2),
+            "utterances": tally.output_rows, "rejects": tally.rejected, "wall_s": round(wall, 2), "x_realtime": round(tally.audio_seconds / wall, 2),
             "config": "job defaults: one actor per CPU at 0.5 CPU, 1 torch thread each"}
 
 

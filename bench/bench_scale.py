@@ -18,6 +18,9 @@ Rows:
 - "estimate, GPU node": preprocessing on the node's C CPU cores as above (alignment, VAD, diarization and
   openSMILE are CPU code; the GPU would only take whisper and the speaker encoder), scoring at the GPU's
   measured rate when gpu.json exists. Labelled an estimate: the GPU preprocess path has not been timed.
+- "driver limit" (when bench/results/driver.json exists, from bench/bench_driver.py): one driver core is
+  saturated when its CPU equals one core, so one driver feeds at most 100 / (driver CPU as % of the workers'
+  CPU, steady state) worker cores; the 100-node figure is recomputed with min(nodes, nodes one driver feeds).
 Writes bench/results/scale.json.
 """
 
@@ -87,6 +90,23 @@ def main() -> None:
                 "gpu": gpu["figures"].get("device"), "gpu_score_utterances_per_s_measured": round(gpu_ups)}
         figures[f"{path}_path"] = {"x_realtime_measured": ray["x_realtime"],
                                    "utterances_per_video_hour_measured": round(utt_per_hour)} | rows
+    driver = load("driver")
+    if driver is not None:
+        limit = {}
+        for job in ("preprocess", "score"):
+            pct = ((driver["figures"].get(job) or {}).get("steady") or {}).get("driver_over_cluster_cpu_pct")
+            if pct and pct > 0:
+                cores = 100.0 / pct
+                limit[job] = {"driver_over_worker_cpu_pct": pct, "max_worker_cores_per_driver": round(cores),
+                              "max_nodes_per_driver": round(cores / args.cores_per_node, 1)}
+        if limit:
+            nodes_fed = min(v["max_nodes_per_driver"] for v in limit.values())
+            for path in ("align", "asr"):
+                row = figures[f"{path}_path"][f"estimate_cpu_node_{args.cores_per_node}_cores"]
+                usable = min(args.nodes, nodes_fed)
+                row["driver_limited_nodes"] = usable
+                row["driver_limited_wall_hours_for_job"] = round(args.hours / (usable * row["video_hours_per_node_hour"]), 1)
+            figures["driver_limit"] = limit | {"source": f"{driver['time']} ({driver['git']})"}
     print(json.dumps(figures, indent=1))
     write_result("scale", figures | {"config": vars(args)}, notes=(
         "Derived, not measured: per-hour costs from preprocess.json (Ray job end to end, this machine) and "

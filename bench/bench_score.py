@@ -341,8 +341,8 @@ def ray_job(ckpt: str, table, args, work: str) -> dict:
         t0 = time.perf_counter()
         rc = score.main(argv)
         seconds = time.perf_counter() - t0
-        if rc != 0 or tallies[-1].n_scored != n:
-            raise RuntimeError(f"score.main returned {rc}, scored {tallies[-1].n_scored}/{n}")
+        if rc != 0 or tallies[-1].output_rows != n:
+            raise RuntimeError(f"score.main returned {rc}, scored {tallies[-1].output_rows}/{n}")
         return seconds
 
     totals, smalls, baseline = [], [], []

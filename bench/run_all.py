@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
-ORDER = ("preprocess", "train", "score", "memory", "gpu", "diarize", "scale")  # scale reads the others' JSONs: last
+ORDER = ("preprocess", "train", "score", "memory", "driver", "gpu", "diarize", "scale")  # scale reads the others' JSONs: last
 QUALITY = ("mosi", "ravdess")  # accuracy, not cost: only with --quality or --only
 
 
@@ -101,6 +101,14 @@ HEADLINES: dict[str, list[Figure]] = {
         Figure("one 1-thread process per core (the job's layout)", "fp32_per_core_processes/utterances_per_s/median", " utt/s"),
         Figure("  its MFU vs STACK.md peak", "fp32_per_core_processes/mfu_vs_stack_peak/median", "%"),
         Figure("  its ratio to naive", "fp32_per_core_processes/over_naive", "x", 2),
+    ],
+    "driver": [
+        Figure("preprocess: driver CPU per 1,000 utterances (steady)", "preprocess/steady/driver_cpu_s_per_1000_utterances", " s", 3),
+        Figure("preprocess: driver CPU / workers' CPU (steady)", "preprocess/steady/driver_over_cluster_cpu_pct", " %", 3),
+        Figure("preprocess: driver peak RSS 4x / 1x", "preprocess/steady/driver_rss_4x_over_1x", "x", 2),
+        Figure("score: driver CPU per 1,000 utterances (steady)", "score/steady/driver_cpu_s_per_1000_utterances", " s", 3),
+        Figure("score: driver CPU / workers' CPU (steady)", "score/steady/driver_over_cluster_cpu_pct", " %", 3),
+        Figure("score: driver peak RSS 4x / 1x", "score/steady/driver_rss_4x_over_1x", "x", 2),
     ],
     "ravdess": [
         Figure("dev majority rate (non0)", "dev_majority/rate", digits=3),

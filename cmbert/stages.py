@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cmbert.audio.features import DEFAULT_BACKEND
 from cmbert.faults import kill_point
@@ -50,8 +51,8 @@ class ModelChoice:
 
 
 class ClipStage:
-    def __init__(self, input_uri: str | None, params: ClipParams, models: ModelChoice, done: frozenset[str],
-                 run_id: str, created_at, torch_threads: int = 1, input_fs=None):
+    def __init__(self, input_uri: str | None, params: ClipParams, models: ModelChoice, run_id: str, created_at,
+                 torch_threads: int = 1, input_fs=None):
         """``input_fs``: the input's pyarrow filesystem as the driver resolved it. It pickles with its endpoint
         and credentials, so actors need no AWS environment (a Ray runtime_env's env_vars end up in Ray's logs)."""
         import torch
@@ -62,11 +63,11 @@ class ClipStage:
         self.input_fs = input_fs
         self.params = params
         self.choice = models
-        self.done = done
         self.run_id = run_id
         self.created_at = created_at
         self._models: ClipModels | None = None
         self._fs = None
+        self._data = None
 
     # ------------------------------------------------------------ models, loaded once per actor
     def models(self, need_asr: bool, need_aligner: bool) -> ClipModels:
@@ -97,11 +98,8 @@ class ClipStage:
         return self._models
 
     def read_bytes(self, rel: str) -> bytes:
-        from cmbert.storage import locate
-
         if self._fs is None:
-            loc = locate(self.input_uri)
-            self._fs, self._root = self.input_fs or loc.fs, loc.path
+            self._fs, self._root = input_root(self.input_uri, self.input_fs)
         with self._fs.open_input_file(posixpath.join(self._root, rel)) as f:
             return f.read()
 
@@ -111,15 +109,19 @@ class ClipStage:
         for i in range(len(batch["source"])):
             task = {k: batch[k][i] for k in batch}
             rows.extend(self.run_task(task))
-        kill_point("preprocess")  # tests only: inert unless CMBERT_TEST_KILL is set (cmbert/faults.py)
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
 
     def run_task(self, task: dict) -> list[dict]:
+        """One planned task (``identify_tasks`` named it) -> its utterance rows, or one reject row."""
+        if task["kind"] == "reject":
+            return [self.reject_row(Reject(task["task_id"], task["clip_id"], task["source"], task["stage"],
+                                           task["reason"]))]
         clip = self.make_clip(task)
-        if clip.task_id in self.done:  # done earlier: finished, or rejected (an unreadable file included)
-            return [{"kind": "skipped", "task_id": clip.task_id}]
         if isinstance(clip, Reject):
             return [self.reject_row(clip)]
+        if clip.task_id != task["task_id"]:  # the file's bytes changed since the run named it: try again next run
+            return [self.reject_row(Reject(task["task_id"], task["clip_id"], task["source"], RETRIED_STAGE,
+                                           "file changed during the run"))]
         try:
             if task["kind"] == "text":
                 utterances, seconds = [text_utterance(clip)], 0.0
@@ -145,32 +147,100 @@ class ClipStage:
         return out
 
     def make_clip(self, task: dict) -> Clip | Reject:
-        extra = tuple(tuple(p) for p in json.loads(task["extra"]))
-        label = None if task["label"] is None or task["label"] != task["label"] else float(task["label"])
-        start = _opt_float(task["start"])
-        end = _opt_float(task["end"])
-        row = task.get("row") or None  # the annotated manifest row's key: one utterance
-        if task["kind"] == "text":
-            cid = text_id(task["text"])
-            return Clip(cid, task["source"], task["text"], label, None, None, extra, row)
         self._data = None
-        try:
-            self._data = self.read_bytes(task["source"])
-        except FileNotFoundError:
-            sid = source_id(task["source"])
-            return Reject(task_id(sid, start, end, row), sid, task["source"], "read", "file does not exist")
-        except OSError as exc:  # storage trouble (S3 down, network, permissions): the next run tries again
-            from cmbert.storage import explain
-
-            sid = source_id(task["source"])
-            reason = str(explain(exc, f"{self.input_uri.rstrip('/')}/{task['source']}", "read"))
-            return Reject(task_id(sid, start, end, row), sid, task["source"], RETRIED_STAGE, reason[:300])
-        cid = content_id(self._data)
-        return Clip(cid, task["source"], task["text"] or None, label, start, end, extra, row)
+        return make_clip(task, self.read_bytes, self.input_uri, self)
 
     def reject_row(self, reject: Reject) -> dict:
         return {"kind": "reject", "task_id": reject.task_id, "audio_seconds": 0.0,
                 "reject": reject.to_row(self.run_id, self.created_at)}
+
+
+def input_root(input_uri: str | None, input_fs=None):
+    from cmbert.storage import locate
+
+    loc = locate(input_uri)
+    return input_fs or loc.fs, loc.path
+
+
+def make_clip(task: dict, read_bytes, input_uri: str | None, holder=None) -> Clip | Reject:
+    """The task's Clip, named by its content hash (media: reads the bytes; ``holder._data`` keeps them), or a
+    Reject when the file cannot be read."""
+    extra = tuple(tuple(p) for p in json.loads(task["extra"]))
+    label = None if task["label"] is None or task["label"] != task["label"] else float(task["label"])
+    start = _opt_float(task["start"])
+    end = _opt_float(task["end"])
+    row = task.get("row") or None  # the annotated manifest row's key: one utterance
+    if task["kind"] == "text":
+        cid = text_id(task["text"])
+        return Clip(cid, task["source"], task["text"], label, None, None, extra, row)
+    try:
+        data = read_bytes(task["source"])
+    except FileNotFoundError:
+        sid = source_id(task["source"])
+        return Reject(task_id(sid, start, end, row), sid, task["source"], "read", "file does not exist")
+    except OSError as exc:  # storage trouble (S3 down, network, permissions): the next run tries again
+        from cmbert.storage import explain
+
+        sid = source_id(task["source"])
+        reason = str(explain(exc, f"{input_uri.rstrip('/')}/{task['source']}", "read"))
+        return Reject(task_id(sid, start, end, row), sid, task["source"], RETRIED_STAGE, reason[:300])
+    if holder is not None:
+        holder._data = data
+    cid = content_id(data)
+    return Clip(cid, task["source"], task["text"] or None, label, start, end, extra, row)
+
+
+def identify_tasks(batch: pa.Table, input_uri: str | None, input_fs=None) -> pa.Table:
+    """Name every task of a batch by its content (``task_id``, ``clip_id``): what the skip-set is keyed on.
+
+    Runs in Ray tasks (no models). A media file is read once here to hash it, and again by the worker that
+    processes it; a file that cannot be read becomes a planned reject."""
+    fs = root = None
+    out = []
+    for task in batch.to_pylist():
+        if task["kind"] != "reject":
+            if task["kind"] == "media" and fs is None:
+                fs, root = input_root(input_uri, input_fs)
+
+            def read(rel):
+                with fs.open_input_file(posixpath.join(root, rel)) as f:
+                    return f.read()
+
+            clip = make_clip(task, read, input_uri)
+            if isinstance(clip, Reject):
+                task |= {"kind": "reject", "task_id": clip.task_id, "clip_id": clip.clip_id, "stage": clip.stage,
+                         "reason": clip.reason}
+            else:
+                task |= {"task_id": clip.task_id, "clip_id": clip.clip_id}
+        out.append(task)
+    return pa.Table.from_pylist(out, schema=TASK_SCHEMA)
+
+
+class ClipWriter:
+    """``ClipStage`` whose worker writes its batch's utterances and rejects itself, returning manifest rows only."""
+
+    def __init__(self, stage_kwargs: dict, utterances, rejects):
+        self.stage = ClipStage(**stage_kwargs)
+        self.utterances, self.rejects = utterances, rejects  # cmbert.incremental.StagedFiles
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from cmbert.incremental import DONE, manifest_row, manifest_table
+
+        todo = batch.drop_columns([DONE]) if DONE in batch.column_names else batch
+        result = self.stage(todo.to_pydict()) if todo.num_rows else RESULT_SCHEMA.empty_table()
+        kinds = result.column("kind")
+        keys = todo.column("task_id").to_pylist()
+        manifests = []
+        utt = result.filter(pc.equal(kinds, "utterance"))
+        rej = result.filter(pc.equal(kinds, "reject"))
+        for rows, column, target in ((utt, "utterance", self.utterances), (rej, "reject", self.rejects)):
+            if rows.num_rows:
+                table = pa.Table.from_struct_array(rows.column(column).combine_chunks())
+                manifests.append(target.write(table, keys, pc.count_distinct(rows.column("task_id")).as_py()))
+        manifests.append(manifest_row(items=todo.num_rows, rejected=rej.num_rows,
+                                      audio_seconds=float(pc.sum(result.column("audio_seconds")).as_py() or 0.0)))
+        kill_point("preprocess")  # tests only: inert unless CMBERT_TEST_KILL is set (cmbert/faults.py)
+        return manifest_table(manifests)
 
 
 def _opt_float(value) -> float | None:
@@ -180,11 +250,88 @@ def _opt_float(value) -> float | None:
     return None if value != value else value
 
 
-def tasks_for_ray(tasks: list[dict]) -> list[dict]:
-    """Uniform column types for ``ray.data.from_items`` (extra as JSON; missing numbers as NaN)."""
+class ScoreWriter:
+    """``cmbert.scoring.ScoreStage`` whose worker reads its input files, scores the planned rows and writes the
+    score files itself, returning manifest rows only.
+
+    A batch is a few input files, each with the ids to score in it (``ids``) and how many of its ids this model
+    version had already scored (``n_done``), as ``cmbert.incremental.pending`` and a group by file planned them."""
+
+    def __init__(self, options, input_fs, scores, partition: tuple[str, ...], rows_per_pass: int, flush_rows: int):
+        from cmbert.scoring import ScoreStage
+
+        self.stage = ScoreStage(options)
+        self.input_fs, self.scores, self.partition = input_fs, scores, partition
+        self.rows_per_pass, self.flush_rows = rows_per_pass, max(1, flush_rows)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow.dataset as pads
+
+        from cmbert.incremental import manifest_row, manifest_table
+        from cmbert.scoring import INPUT_COLUMNS, PARTITION_COLUMNS, scorable
+
+        parts = []
+        paths = batch.column("path").to_pylist()
+        for path, ids in zip(paths, batch.column("ids").to_pylist()):
+            if ids:
+                ds = pads.dataset(path, filesystem=self.input_fs, format="parquet")
+                parts.append(ds.to_table(columns=INPUT_COLUMNS, filter=pc.field("utterance_id").isin(ids)))
+        rows = pa.concat_tables(parts, promote_options="permissive") if parts else None
+        n = 0 if rows is None else rows.num_rows
+        reasons: dict[str, int] = {}
+        excluded = 0
+        scored = []
+        if n:
+            why = [scorable(self.stage.audio, a, f) for a, f in
+                   zip(rows.column("audio_present").to_pylist(), rows.column("feature_set").to_pylist())]
+            for w in why:
+                if w is not None:
+                    reasons[w] = reasons.get(w, 0) + 1
+                    excluded += 1
+            rows = rows.filter(pa.array([w is None for w in why], pa.bool_()))
+            for start in range(0, rows.num_rows, self.rows_per_pass):
+                out = self.stage(rows.slice(start, self.rows_per_pass))
+                errors = out.column("error")
+                for reason in out.filter(errors.is_valid()).column("error").to_pylist():
+                    reasons[reason] = reasons.get(reason, 0) + 1
+                scored.append(out.filter(errors.is_null()).drop_columns(["error"]))
+        manifests = []
+        table = pa.concat_tables(scored) if scored else None
+        if table is not None and table.num_rows:
+            for k, start in enumerate(range(0, table.num_rows, self.flush_rows)):
+                chunk = table.slice(start, self.flush_rows)
+                manifests.append(self.scores.write(chunk, paths, chunk.num_rows, sub=self.partition, part=k,
+                                                   drop=PARTITION_COLUMNS))
+        manifests.append(manifest_row(items=n, skipped=int(pc.sum(batch.column("n_done")).as_py() or 0),
+                                      rejected=sum(reasons.values()), excluded=excluded,
+                                      reasons=json.dumps(reasons, sort_keys=True)))
+        return manifest_table(manifests)
+
+
+TASK_SCHEMA = pa.schema([
+    ("order", pa.int64()),  # position in the plan: of two tasks with one id, the first is kept
+    ("kind", pa.string()),  # media | text | reject (found by planning or identify_tasks)
+    ("source", pa.string()),
+    ("text", pa.string()),
+    ("label", pa.float64()),  # NaN: none
+    ("start", pa.float64()),
+    ("end", pa.float64()),
+    ("extra", pa.string()),  # JSON list of [column, value]
+    ("row", pa.string()),  # the annotated manifest row's key ("" when none)
+    ("task_id", pa.string()),  # set by identify_tasks (media) or planning (text, reject)
+    ("clip_id", pa.string()),
+    ("stage", pa.string()),  # rejects only
+    ("reason", pa.string()),
+])
+
+
+def tasks_for_ray(tasks: list[dict], rejects: list[Reject] = ()) -> list[dict]:
+    """Uniform rows of ``TASK_SCHEMA`` for ``ray.data.from_items``: the planned tasks, then the rejects planning
+    found (they go through the same skip-set and writers as every other task)."""
     nan = float("nan")
-    return [
+    rows = [
         {
+            "order": i,
             "kind": t["kind"],
             "source": t["source"],
             "text": t["text"] or "",
@@ -193,6 +340,14 @@ def tasks_for_ray(tasks: list[dict]) -> list[dict]:
             "end": nan if t["end"] is None else float(t["end"]),
             "extra": json.dumps([list(p) for p in t["extra"]]),
             "row": t.get("row") or "",
+            "task_id": task_id(text_id(t["text"]), row=t.get("row") or None) if t["kind"] == "text" else None,
+            "clip_id": text_id(t["text"]) if t["kind"] == "text" else None,
+            "stage": None, "reason": None,
         }
-        for t in tasks
+        for i, t in enumerate(tasks)
     ]
+    for r in rejects:
+        rows.append({"order": len(rows), "kind": "reject", "source": r.source, "text": "", "label": nan,
+                     "start": nan, "end": nan, "extra": "[]", "row": "", "task_id": r.task_id, "clip_id": r.clip_id,
+                     "stage": r.stage, "reason": r.reason})
+    return rows

@@ -126,14 +126,16 @@ def polars_storage_options(uri: str) -> dict | None:
     return opts
 
 
-def explain(exc: BaseException, uri: str, action: str) -> StorageError:
-    """Turn a pyarrow/AWS error into one line a user can act on. Credentials never appear."""
+def explain(exc: BaseException, uri: str, action: str, endpoint: str | None = None) -> StorageError:
+    """Turn a pyarrow/AWS error into one line a user can act on. Credentials never appear.
+
+    ``endpoint``: the S3 endpoint for the message, as the driver saw it (a worker's environment may lack it)."""
     text = str(exc)
     low = text.lower()
     squashed = re.sub(r"[\s_\-]", "", low)  # ACCESS_DENIED, Access Denied, AccessDenied -> accessdenied
     where = f"{action} {uri}"
     if is_s3(uri):
-        endpoint = _safe_endpoint()
+        endpoint = endpoint or _safe_endpoint()
         if any(s in low for s in ("couldn't connect", "could not connect", "connection refused", "curlcode: 7",
                                   "network_connection", "timed out", "resolve host", "curlcode: 28",
                                   "curlcode: 6")):
@@ -147,6 +149,10 @@ def explain(exc: BaseException, uri: str, action: str) -> StorageError:
             return StorageError(_redact(f"cannot {where}: bucket does not exist at S3 endpoint {endpoint}"))
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return StorageError(_redact(f"cannot {where}: {first[:300]}"))
+
+
+def safe_endpoint() -> str:
+    return _safe_endpoint()
 
 
 def _safe_endpoint() -> str:
@@ -537,3 +543,104 @@ def check_written_version(uri: str, schema: pa.Schema) -> None:
         name = (schema.metadata or {}).get(b"cmbert.schema", b"?").decode()
         raise SchemaMismatchError(f"{uri} was written with {name} schema v{found}, this version writes v{want} "
                                   "(schemas/__init__.py says what changed): write to a new output")
+
+
+def list_files(uri: str) -> list[str]:
+    """Filesystem paths of a dataset's Parquet files, sorted (empty when it does not exist yet). Skips hidden
+    and ``_``-prefixed entries as pyarrow's dataset discovery does."""
+    loc = locate(uri)
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
+    except OSError as exc:
+        raise explain(exc, uri, "list") from None
+    out = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+            continue
+        rel = posixpath.relpath(info.path, loc.path)
+        if any(part.startswith((".", "_")) for part in rel.split("/")):
+            continue
+        out.append(info.path)
+    return sorted(out)
+
+
+def write_staged(table: pa.Table, fs: pafs.FileSystem, path: str, uri: str, schema: pa.Schema, *,
+                 metadata: dict | None = None, drop: tuple[str, ...] = (), endpoint: str | None = None) -> int:
+    """Write one staged Parquet file (a worker's output) in the declared schema; returns its size in bytes.
+
+    ``metadata`` must already be safe (``safe_metadata``); ``drop`` names columns kept in folder names instead
+    (hive partitions). On a local or shared filesystem the file is written under a temporary name and renamed,
+    so the name only ever holds a whole file; on S3 an object appears whole when its upload completes."""
+    table = conform(table, schema)
+    meta = dict(table.schema.metadata or {})
+    meta.update({k.encode(): v.encode() for k, v in (metadata or {}).items()})
+    table = table.replace_schema_metadata(meta)
+    if drop:
+        table = table.drop_columns(list(drop))
+    s3 = isinstance(fs, pafs.S3FileSystem)
+    tmp = path if s3 else f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        if not s3:
+            fs.create_dir(posixpath.dirname(path), recursive=True)
+        pq.write_table(table, tmp, filesystem=fs, compression="zstd")
+        if not s3:
+            fs.move(tmp, path)
+        return fs.get_file_info(path).size
+    except OSError as exc:
+        if not s3:
+            try:
+                fs.delete_file(tmp)
+            except OSError:
+                pass
+        raise explain(exc, uri, "write", endpoint) from None
+
+
+def require_shared(uri: str, timeout_s: float = 60.0) -> None:
+    """On a Ray cluster of several nodes, refuse a local path that not every node sees, in one line, before work.
+
+    S3 is shared by definition. For a path, the driver writes a probe file with a random token under it and a
+    zero-CPU task pinned to every alive node reads it back: a filesystem every node mounts (NFS, Lustre, a
+    cluster's shared volume) passes, a node-local disk fails. Without Ray, or on one node, there is nothing to
+    check."""
+    if is_s3(uri):
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    loc = locate(uri)
+    token = uuid.uuid4().hex
+    probe = os.path.join(loc.path, f".cmbert-probe-{token}")
+    try:
+        os.makedirs(loc.path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write(token)
+    except OSError as exc:
+        raise explain(exc, uri, "write") from None
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def sees(path: str) -> str | None:
+        try:
+            with open(path) as f:
+                return f.read()
+        except OSError:
+            return None
+
+    try:
+        refs = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(probe)
+                for n in nodes]
+        seen = ray.get(refs, timeout=timeout_s)
+    finally:
+        try:
+            os.remove(probe)
+        except OSError:
+            pass
+    blind = [n.get("NodeManagerAddress", n["NodeID"]) for n, s in zip(nodes, seen) if s != token]
+    if blind:
+        raise StorageError(f"output {uri} is a local path that node {blind[0]} of this {len(nodes)}-node Ray "
+                           "cluster does not see: use s3://... or a filesystem every node mounts")

@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cmbert.raysetup import cluster_cpus, init_ray, torch_config
 
     init_ray()
+    storage.require_shared(cfg.output)  # Ray Train's storage path: every node must see a local one (or use S3)
     ray.data.DataContext.get_current().enable_progress_bars = False
     if train_func.__module__ != "__main__":  # imported (tests): ship this module's code to the workers by value
         from ray import cloudpickle

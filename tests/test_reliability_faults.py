@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 import uuid
 from pathlib import Path
 
@@ -219,27 +218,29 @@ def test_s3_stopped_mid_write_then_rerun_completes(tmp_path, ray_local, tiny_che
     bucket = s3.server.create_bucket("fault")
     rows = utterance_rows(40)
     data, out = f"{tmp_path}/utterances", f"s3://{bucket}/scored"
-    write_utterances(data, rows)  # one file: the job splits it into 2 blocks, so the run stages 2+ files
-    argv = ["--checkpoint", tiny_checkpoint, "--input", data, "--output", out, *SCORE_FLAGS, "--flush-rows", "10"]
+    for i in range(4):  # four input files: the workers stage one score file per input file
+        write_utterances(data, rows[10 * i:10 * (i + 1)])
+    argv = ["--checkpoint", tiny_checkpoint, "--input", data, "--output", out, *SCORE_FLAGS]
     secrets = (s3.server.secret_key, s3.server.access_key)
 
     def published() -> list[str]:
         return [k for k in s3.server.list_keys(bucket, "scored/scores/") if k.endswith(".parquet")]
 
-    # 1. The server dies while the run writes its files (after the first staged file, before the publish).
+    # 1. The server dies while the run writes its files: right after the driver gets the first file's manifest
+    # (the workers write the rest, or the driver publishes: either hits the dead server).
     with monkeypatch.context() as m:
-        m.setattr(score_job, "pq", types.SimpleNamespace(write_table=stop_after_first(score_job.pq.write_table,
-                                                                                      s3.stop)))
+        m.setattr(score_job.incremental.Publisher, "add",
+                  stop_after_first(score_job.incremental.Publisher.add, s3.stop))
         assert score_job.main(argv) == 2
     out_err = capfd.readouterr()
     err = out_err.err.strip().splitlines()
-    # the next write, or the publish's listing of the staged files, is the first call to hit the dead server
-    assert re.fullmatch(r"score: error: cannot (write|list) s3://\S+: S3 endpoint \S+ is unreachable", err[-1]), err
+    assert re.fullmatch(r"score: error: cannot (write|list|publish to) s3://\S+: S3 endpoint \S+ is unreachable",
+                        err[-1]), err[-1]
     assert not any(s in out_err.out + out_err.err for s in secrets)
     s3.start(monkeypatch)
-    assert published() == []  # nothing published; the one staged file sits in scored/_staging/, outside the dataset
+    assert published() == []  # nothing published; the staged files sit in scored/_staging/, outside the dataset
     staged = [k for k in s3.server.list_keys(bucket) if k.endswith(".parquet")]
-    assert len(staged) == 1 and staged[0].startswith("scored/_staging/")
+    assert staged and all(k.startswith("scored/_staging/") for k in staged)
 
     # 2. After the server is back, a rerun completes the work.
     assert score_job.main(argv) == 0
@@ -346,7 +347,7 @@ def test_training_interrupted_mid_epoch_resumes_to_the_same_result():
 # ---------------------------------------------------------------- input storage unreachable
 
 
-def test_unreadable_input_is_retried_by_the_next_run(tmp_path, monkeypatch):
+def test_unreadable_input_is_retried_by_the_next_run(tmp_path, ray_local, monkeypatch):
     """A clip whose storage cannot be reached is a reject at stage 'io' that the next run tries again, unlike a
     missing file or a bad clip (final rejects). Before this fix such clips were rejected for good: lost."""
     from cmbert.inputs import media_task
@@ -359,7 +360,7 @@ def test_unreadable_input_is_retried_by_the_next_run(tmp_path, monkeypatch):
     now = dt.datetime.now(dt.timezone.utc)
     import torch
 
-    stage = ClipStage("s3://corpus/in", ClipParams(), ModelChoice(), frozenset(), "run-1", now,
+    stage = ClipStage("s3://corpus/in", ClipParams(), ModelChoice(), "run-1", now,
                       torch_threads=torch.get_num_threads())  # leave this process's torch threads as they are
     [row] = stage.run_task(tasks_for_ray([media_task("a.wav")])[0])
     reject = row["reject"]
@@ -370,5 +371,6 @@ def test_unreadable_input_is_retried_by_the_next_run(tmp_path, monkeypatch):
     final = dict(reject, task_id="bad-clip", stage="decode", reason="not a readable media file")
     storage.write_table(pa.Table.from_pylist([reject, final], schema=REJECTS_SCHEMA), f"{out}/rejects",
                         REJECTS_SCHEMA)
-    assert preprocess.done_tasks(out) == {"bad-clip"}
-    assert preprocess.done_tasks(out, retry_rejects=True) == frozenset()
+    done = preprocess.done_keys(out)  # a Ray dataset of task ids: the skip-set never sits in the driver
+    assert {r["task_id"] for r in done.take_all()} == {"bad-clip"}
+    assert preprocess.done_keys(out, retry_rejects=True) is None  # no utterances yet, and rejects are retried

@@ -113,7 +113,7 @@ def test_local_exactly_once_and_incremental(ray_local, checkpoint, tmp_path, mon
     def die(*args, **kwargs):
         raise storage.StorageError("simulated crash before publish")
 
-    monkeypatch.setattr(score_job.storage, "publish_dir", die)
+    monkeypatch.setattr(score_job.incremental.Publisher, "commit", die)
     assert run_score(ckpt, data, out) == 2
     monkeypatch.undo()
     assert not storage.dataset_exists(f"{out}/scores")
