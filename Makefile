@@ -39,7 +39,8 @@ demo: $(STAMP) mpnet
 bench: $(STAMP) mpnet
 	$(PY) bench/run_all.py
 
-# Model accuracy on real data (MOSI, RAVDESS): 10-40 minutes each on 2 cores, so not part of `make bench`.
+# Model accuracy on real data (MOSI, RAVDESS), not part of `make bench`: MOSI stops starting runs after 120 min
+# (bench_mosi.py --budget-min; one MPNet run is 10-30 min on 2 cores), RAVDESS 10-40 min.
 bench-quality: $(STAMP) mpnet
 	$(PY) bench/run_all.py --only ravdess --only mosi
 

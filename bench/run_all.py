@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
 ORDER = ("preprocess", "train", "score", "memory", "gpu", "scale")  # scale reads the others' JSONs: last
-QUALITY = ("mosi", "ravdess")  # accuracy, not cost: only with --quality or --only
+QUALITY = ("mosi", "ravdess")  # accuracy, not cost (MOSI: up to 2 h on 2 cores): only with --quality or --only
 
 
 @dataclass(frozen=True)
