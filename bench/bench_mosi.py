@@ -1,15 +1,21 @@
-"""CMU-MOSI text (no audio here): T-BERT vs CM-BERT (audio absent), several seeds, MMSA metrics on dev.
+"""CMU-MOSI text (no audio here): T-BERT vs CM-BERT (audio absent) with each encoder, several seeds, MMSA metrics on dev.
 
-    python bench/bench_mosi.py [--work runs/bench-mosi] [--seeds 5] [--budget-min 30] [--epochs 3] [--workers 1]
+    python bench/bench_mosi.py [--work runs/bench-mosi] [--encoders mpnet,minilm] [--models cmbert,tbert]
+        [--seeds 5] [--budget-min 120] [--epochs 3] [--workers 1] [--reuse]
 
 ../shared/data/mosi-text/train.tsv (1284 rows) and dev.tsv (the CM-BERT paper's split) become text-only
 utterance datasets with the real preprocess job (jobs/preprocess.py main(), --manifest FILE --output DIR; audio
-marked absent). Each (model, seed) is then one in-process call of jobs/train.py main() (Ray Train,
---workers 1, default encoder MiniLM-L6, 3 epochs, paper defaults otherwise) and one of jobs/evaluate.py main()
-on dev. Seeds are the job's own (1, 11, 111, ...), given to the job one at a time so that the time of the first
-(T-BERT, CM-BERT) pair is measured before the next pair starts: a pair starts only when the projected total stays
-within --budget-min (so N <= --seeds is chosen from the measured time). Reports mean ± std (ddof=1) over seeds.
-Writes bench/results/mosi.json.
+marked absent). Each (encoder, model, seed) is then one in-process call of jobs/train.py main() (Ray Train,
+--workers 1, 3 epochs, the job's defaults otherwise) and one of jobs/evaluate.py main() on dev. Seeds are the
+job's own (1, 11, 111, ...), given to the job one at a time, seed-major: every (encoder, model) of seed 1 (in the
+order given: by default MPNet CM-BERT, MiniLM CM-BERT, MPNet T-BERT, MiniLM T-BERT) before any of seed 11, so an
+interrupted or budget-limited run still has the most important figures. A run starts only when the elapsed time
+plus that (encoder, model)'s last measured time stays within --budget-min. With --reuse, finished runs of an
+earlier invocation in --work are kept (so seeds can be added later). Reports mean ± std (ddof=1) over seeds, the
+training wall time, and MFU: bench/bench_train.py's analytic training FLOPs per sample (train_flops_per_sample, at
+the training rows' mean word-piece count) x rows/s / 167 GFLOP/s (the fp32 peak in ../shared/STACK.md), both from
+the job's in-loop rows/s (last epoch) and from the whole train job's wall time (Ray start-up, dev evaluation each
+epoch and checkpoint writes included). Writes bench/results/mosi.json.
 """
 
 from __future__ import annotations
@@ -24,10 +30,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import REPO, SHARED_DATA, write_result  # noqa: E402
+from common import PEAK_FLOPS, REPO, SHARED_DATA, write_result  # noqa: E402
 
 sys.path.insert(0, str(REPO / "jobs"))
 
+ENCODERS = {"mpnet": "all-mpnet-base-v2 (MPNet, 12 layers, hidden 768)",
+            "minilm": "all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384)"}
+MODELS = {"cmbert": ("CM-BERT, audio absent (job defaults)", ["--fusion", "cmbert"]),
+          "tbert": ("T-BERT (--fusion none)", ["--fusion", "none"])}
+PAPER_CMBERT_TEST = {"acc2": 84.5, "f1": 84.5, "mae": 0.729, "corr": 0.791, "acc7": 44.9}
 HEADLINE = ("has0_acc2", "non0_acc2", "has0_f1", "non0_f1", "mae", "corr", "acc7", "acc5")
 PAPER_TBERT_TEST = {"acc2": 83.2, "f1": 83.2, "mae": 0.784, "corr": 0.774, "acc7": 41.5}
 
@@ -47,6 +58,32 @@ def preprocess(split: str, work: str, reuse: bool = False) -> tuple[str, float]:
 
 
 def run_one(name: str, seed: int, extra: list[str], train_uri: str, dev_uri: str, args) -> dict:
+    """One (encoder_model, seed): train, evaluate on dev, MFU. ``name`` is e.g. ``mpnet_cmbert``."""
+    result = train_and_evaluate(name, seed, extra, train_uri, dev_uri, args)
+    result |= mfu(result, os.path.join(args.work, "models", name, f"seed-{seed}"), train_uri, args.epochs)
+    return result
+
+
+def mfu(result: dict, model_dir: str, train_uri: str, epochs: int) -> dict:
+    """MFU of one training run, from bench_train's FLOP formula at the training rows' mean word-piece count."""
+    from bench_train import train_flops_per_sample
+
+    from cmbert.checkpoint import load_checkpoint
+    from cmbert.collate import read_utterances, token_lengths
+
+    lm = load_checkpoint(model_dir)
+    table, _ = read_utterances(train_uri)
+    rows = table.to_pylist()
+    tokens = sum(token_lengths(rows, lm.tokenizer, lm.config.max_len)) / len(rows)
+    flops = train_flops_per_sample(lm.model, tokens)
+    in_loop = result.get("train_rows_per_s_last_epoch") or result["train_rows_per_s"]
+    wall_rows_per_s = len(rows) * epochs / result["train_s"]
+    return {"tokens_per_row": tokens, "train_gflop_per_row": flops / 1e9, "rows_per_s_wall": wall_rows_per_s,
+            "mfu_fp32_in_loop": flops * in_loop / PEAK_FLOPS["fp32"],
+            "mfu_fp32_wall": flops * wall_rows_per_s / PEAK_FLOPS["fp32"]}
+
+
+def train_and_evaluate(name: str, seed: int, extra: list[str], train_uri: str, dev_uri: str, args) -> dict:
     import evaluate as evaluate_job
     import train as train_job
 
@@ -74,7 +111,8 @@ def run_one(name: str, seed: int, extra: list[str], train_uri: str, dev_uri: str
         metrics = json.load(f)["per_seed"][0]["metrics"]
     return {"seed": seed, "train_argv": argv, "train_s": train_s, "eval_s": eval_s, "metrics": metrics,
             "best_epoch": summary["seeds"][0]["best_epoch"], "n_dev": result["n_rows"],
-            "train_rows_per_s": summary["seeds"][0]["train_rows_per_s"]}
+            "train_rows_per_s": summary["seeds"][0]["train_rows_per_s"],
+            "train_rows_per_s_last_epoch": summary["seeds"][0].get("train_rows_per_s_last_epoch")}
 
 
 def reused(seed: int, argv: list[str], model_dir: str, eval_json: str) -> dict:
@@ -92,19 +130,26 @@ def reused(seed: int, argv: list[str], model_dir: str, eval_json: str) -> dict:
     print(f"[mosi] reusing {model_dir}", flush=True)
     return {"seed": seed, "train_argv": argv, "train_s": row["duration_s"], "eval_s": None, "reused": True,
             "metrics": result["per_seed"][0]["metrics"], "best_epoch": summary["seeds"][0]["best_epoch"],
-            "n_dev": result["n_rows"], "train_rows_per_s": summary["seeds"][0]["train_rows_per_s"]}
+            "n_dev": result["n_rows"], "train_rows_per_s": summary["seeds"][0]["train_rows_per_s"],
+            "train_rows_per_s_last_epoch": summary["seeds"][0].get("train_rows_per_s_last_epoch")}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(REPO / "runs" / "bench-mosi"))
+    p.add_argument("--encoders", default="mpnet,minilm", help=f"comma-separated, of {', '.join(ENCODERS)}")
+    p.add_argument("--models", default="cmbert,tbert", help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--seeds", type=int, default=5, help="at most this many seeds (paper: 5)")
-    p.add_argument("--budget-min", type=float, default=30.0, help="start another seed pair only within this")
+    p.add_argument("--budget-min", type=float, default=120.0, help="start another run only within this")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--reuse", action="store_true", help="keep finished (model, seed) runs of an earlier "
+    p.add_argument("--reuse", action="store_true", help="keep finished (encoder, model, seed) runs of an earlier "
                    "invocation in --work; the budget then counts only this invocation's new runs")
     args = p.parse_args()
+    encoders, model_names = args.encoders.split(","), args.models.split(",")
+    for name in encoders + model_names:
+        if name not in ENCODERS and name not in MODELS:
+            raise SystemExit(f"unknown encoder or model {name!r}")
     t_all = time.perf_counter()
 
     from cmbert.metrics import aggregate
@@ -112,48 +157,53 @@ def main() -> None:
 
     train_uri, pre_train_s = preprocess("train", args.work, args.reuse)
     dev_uri, pre_dev_s = preprocess("dev", args.work, args.reuse)
-    models = {"tbert": ("T-BERT (--fusion none)", ["--fusion", "none"]),
-              # The job's defaults; with audio absent they compute the paper's CM-BERT at fusion lr 1e-3.
-              "cmbert": ("CM-BERT, audio absent (job defaults)", ["--fusion", "cmbert"])}
-    runs: dict[str, list[dict]] = {k: [] for k in models}
-    budget = args.budget_min * 60
-    pair_times = []
+    order = [(m, e) for m in model_names for e in encoders]  # CM-BERT of every encoder first, then T-BERT
+    runs: dict[str, list[dict]] = {f"{e}_{m}": [] for m, e in order}
+    budget, last_s, stopped = args.budget_min * 60, {}, []
     for seed in seed_list(args.seeds):
-        elapsed = time.perf_counter() - t_all
-        if pair_times and elapsed + max(pair_times) > budget:
-            print(f"[mosi] stopping after {len(pair_times)} seed(s): {elapsed:.0f}s elapsed, a pair takes "
-                  f"{max(pair_times):.0f}s, budget {budget:.0f}s", flush=True)
-            break
-        pair = 0.0
-        for name, (_, extra) in models.items():
-            r = run_one(name, seed, extra, train_uri, dev_uri, args)
+        for model, encoder in order:
+            name = f"{encoder}_{model}"
+            elapsed = time.perf_counter() - t_all
+            if name in last_s and elapsed + last_s[name] > budget:
+                stopped.append(f"{name} seed {seed}")
+                continue
+            r = run_one(name, seed, ["--encoder", encoder] + MODELS[model][1], train_uri, dev_uri, args)
             runs[name].append(r)
-            pair += r["train_s"] + (r["eval_s"] or 0.0)
-            print(f"[mosi] {name} seed {seed}: {json.dumps(r['metrics'])} train {r['train_s']:.0f}s", flush=True)
-        pair_times.append(pair)
+            last_s[name] = 0.0 if r.get("reused") else r["train_s"] + (r["eval_s"] or 0.0)
+            print(f"[mosi] {name} seed {seed}: {json.dumps(r['metrics'])} train {r['train_s']:.0f}s "
+                  f"MFU {100 * r['mfu_fp32_in_loop']:.1f}% in loop", flush=True)
+    if stopped:
+        print(f"[mosi] not run (budget {budget:.0f}s): {', '.join(stopped)}", flush=True)
 
     figures = {"data": {"train": train_uri, "dev": dev_uri, "preprocess_s": {"train": pre_train_s, "dev": pre_dev_s}},
-               "seeds_run": len(pair_times), "seeds_max": args.seeds, "epochs": args.epochs, "models": {},
-               "paper_reference_tbert_bert_base_test": PAPER_TBERT_TEST}
-    for name, (title, extra) in models.items():
-        agg = aggregate([r["metrics"] for r in runs[name]])
+               "seeds_max": args.seeds, "epochs": args.epochs, "models": {}, "not_run": stopped,
+               "seeds_run": {name: len(rs) for name, rs in runs.items()},
+               "paper_reference_test": {"tbert_bert_base": PAPER_TBERT_TEST, "cmbert_bert_base": PAPER_CMBERT_TEST}}
+    for model, encoder in order:
+        name = f"{encoder}_{model}"
+        rs = runs[name]
+        if not rs:
+            continue
+        agg = aggregate([r["metrics"] for r in rs])
         figures["models"][name] = {
-            "title": title, "seeds": [r["seed"] for r in runs[name]], "mean_std": agg,
-            "headline": {k: (f"{agg[k]['mean']:.4f} ± {agg[k]['std']:.4f}" if agg[k]["n"] > 1
+            "title": f"{MODELS[model][0]}, encoder {ENCODERS[encoder]}", "encoder": encoder, "model": model,
+            "seeds": [r["seed"] for r in rs], "n_seeds": len(rs), "mean_std": agg,
+            "headline": {k: (f"{agg[k]['mean']:.4f} ± {agg[k]['std']:.4f} ({agg[k]['n']} seeds)" if agg[k]["n"] > 1
                              else f"{agg[k]['mean']:.4f} (1 seed, no std)") for k in HEADLINE if k in agg},
-            "per_seed": runs[name],
-            "train_s": {"mean": sum(r["train_s"] for r in runs[name]) / max(len(runs[name]), 1),
-                        "all": [r["train_s"] for r in runs[name]]}}
+            "per_seed": rs,
+            "train_s": {"mean": sum(r["train_s"] for r in rs) / len(rs), "all": [r["train_s"] for r in rs]},
+            "mfu_fp32_in_loop": sum(r["mfu_fp32_in_loop"] for r in rs) / len(rs),
+            "mfu_fp32_wall": sum(r["mfu_fp32_wall"] for r in rs) / len(rs)}
         print(f"[mosi] {name}: " + "  ".join(f"{k} {v}" for k, v in figures["models"][name]["headline"].items()))
     figures["total_s"] = time.perf_counter() - t_all
-    notes = (f"MOSI dev split ({runs['tbert'][0]['n_dev'] if runs['tbert'] else '?'} rows) of the CM-BERT paper, "
-             f"{len(pair_times)} seed(s) (1, 11, ...), {args.epochs} epochs, encoder MiniLM-L6 (6 layers, hidden 384), "
-             f"--workers {args.workers}, CPU (2 cores shared with other jobs). CM-BERT sees no audio here (text-only "
-             "rows, audio_dim 1 of zeros, paper mode). Not comparable one-to-one with the paper's reference "
-             "(T-BERT with BERT-base on the test split: Acc2 83.2, F1 83.2, MAE 0.784, Corr 0.774, Acc7 41.5): "
-             "a smaller encoder, the dev split, and the paper's Acc2/F1 convention differs from both "
-             "has0 and non0 given here (see cmbert/metrics.py). Model selection is the epoch with the lowest dev "
-             "loss, so dev figures are slightly optimistic.")
+    n_dev = next((rs[0]["n_dev"] for rs in runs.values() if rs), "?")
+    notes = (f"MOSI dev split ({n_dev} rows) of the CM-BERT paper; seeds per (encoder, model) in seeds_run "
+             f"(1, 11, ...), {args.epochs} epochs, --workers {args.workers}, CPU: 2 cores SHARED with other agents' "
+             "tests and builds while measured, so times and MFU are pessimistic and noisy. CM-BERT sees no audio "
+             "here (text-only rows, audio_dim 1 of zeros: the fusion's attention over text only). Not comparable "
+             "one-to-one with the paper's references (BERT-base on the test split): the dev split, and the "
+             "paper's Acc2/F1 convention differs from both has0 and non0 given here (see cmbert/metrics.py). "
+             "Model selection is the epoch with the lowest dev loss, so dev figures are slightly optimistic.")
     write_result("mosi", figures, notes=notes)
 
 

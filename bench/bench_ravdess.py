@@ -1,7 +1,7 @@
 """Does CM-BERT hear? Binary valence on RAVDESS, unseen speakers: T-BERT vs paper mode vs our hearing variants.
 
     python bench/bench_ravdess.py [--features whisper|egemaps|...] [--utterances URI] [--work runs/bench-ravdess]
-        [--seeds 2] [--epochs 8] [--workers 1] [--only NAME ...] [--skip-baseline] [--reuse]
+        [--seeds 2] [--epochs 8] [--workers 1] [--encoder mpnet|minilm] [--only NAME ...] [--skip-baseline] [--reuse]
 
 RAVDESS speech (../shared/data/ravdess, actors 01-16): two fixed, emotionally neutral sentences spoken with
 8 emotions, so the words carry no valence and any skill beyond the majority rate must come from the audio.
@@ -9,7 +9,9 @@ The clips go through the real preprocess job (jobs/preprocess.py: forced alignme
 transcript, ``--features`` averaged per word; skipped when ``--utterances`` exists) and are split by actor:
 01-12 train, 13-16 dev (unseen speakers). Each model is trained and evaluated with the real jobs, in-process:
 jobs/train.py main() (Ray Train, --workers 1) and jobs/evaluate.py main(); ``--epochs`` (default 8: RAVDESS
-has 30 batches an epoch) with the job's model selection on dev loss.
+has 30 batches an epoch) with the job's model selection on dev loss; ``--encoder`` is passed on when given (default:
+the job's own default encoder, all-mpnet-base-v2; the two RAVDESS sentences need no big encoder, so
+``--encoder minilm`` is the cheap way to measure the audio path).
 
 - T-BERT (``--fusion none``): text only.
 - CM-BERT as published (``--cls-audio zero --no-audio-values --fusion-lr 0.01``): cannot depend on the audio.
@@ -295,6 +297,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--encoder", default=None, help="jobs/train.py --encoder (default: the job's default)")
     p.add_argument("--only", nargs="*", default=None, help="run only these model names (tbert, paper, attention, "
                    "values, variant, baseline); the results file lists what ran")
     p.add_argument("--skip-baseline", action="store_true")
@@ -315,7 +318,7 @@ def main() -> None:
     train_mean = sum(train_labels) / len(train_labels)
     const_sign_rate = (dev_major["pos"] if train_mean > 0 else dev_major["neg"]) / dev_major["n_non0"]
 
-    base = ["--epochs", str(args.epochs)]
+    base = ["--epochs", str(args.epochs)] + (["--encoder", args.encoder] if args.encoder else [])
     runs = [("tbert", "T-BERT (--fusion none)", ["--fusion", "none"] + base),
             ("paper", "CM-BERT as published (--cls-audio zero --no-audio-values --fusion-lr 0.01)",
              ["--cls-audio", "zero", "--no-audio-values", "--fusion-lr", "0.01"] + base),
@@ -352,7 +355,10 @@ def main() -> None:
         probe = word_feature_probe(split)
         print(f"[ravdess] linear probe of the word features: non0_acc2 {probe['non0_acc2']:.4f}", flush=True)
 
+    from train import TrainConfig
+
     figures = {"split": split, "dev_majority": dev_major, "features": args.features,
+               "encoder": args.encoder or TrainConfig.encoder,
                "utterances": args.utterances, "preprocess_s": preprocess_s, "linear_probe_word_features": probe,
                "dev_rate_of_train_mean_sign": {"train_mean_label": train_mean, "rate": const_sign_rate},
                "models": models, "classical_baseline": baseline,
@@ -362,7 +368,10 @@ def main() -> None:
 
 
 def args_notes(args) -> str:
-    return (f"RAVDESS actors 01-12 train / 13-16 dev (unseen speakers), --features {args.features}; "
+    from train import TrainConfig
+
+    return (f"RAVDESS actors 01-12 train / 13-16 dev (unseen speakers), --features {args.features}, "
+            f"encoder {args.encoder or TrainConfig.encoder}; "
             f"{args.seeds} seed(s) per model (1, 11, ...); {args.epochs} epochs; --workers {args.workers} "
             "(Ray Train, CPU, 2 cores shared with other jobs, so timings are indicative). non0_acc2 = "
             "sign(pred) vs sign(label) on dev rows with label != 0 (a prediction of 0 counts as negative). "

@@ -72,7 +72,9 @@ def main() -> None:
     score_ups = sf["ray"]["utterances_per_s"]["median"]
     figures: dict = {"job": {"video_hours": args.hours, "nodes": args.nodes},
                      "sources": {"preprocess": f"{pre['time']} ({pre['git']})", "score": f"{score['time']} ({score['git']})"},
-                     "score_utterances_per_s_measured": round(score_ups, 1)}
+                     "score_utterances_per_s_measured": round(score_ups, 1),
+                     # score.json is the default encoder's (MPNet since it became the default; older files: MiniLM)
+                     "score_encoder": sf.get("encoder", score.get("figures", {}).get("config", {}).get("encoder", "minilm"))}
     for path in ("align", "asr"):
         ray = pf[f"{path}_path"]["ray"]
         utt_per_hour = ray["utterances"] / (ray["audio_seconds"] / 3600.0)
@@ -87,7 +89,8 @@ def main() -> None:
             gpu_ups = gpu["figures"]["score"]["fp32"]["batched_1024"]["utterances_per_s"]["median"]
             gpu_node = per_hour(ray["x_realtime"] * scale, utt_per_hour, gpu_ups)
             rows[f"estimate_gpu_node_{args.cores_per_node}_cores"] = cluster(gpu_node, args.hours, args.nodes) | {
-                "gpu": gpu["figures"].get("device"), "gpu_score_utterances_per_s_measured": round(gpu_ups)}
+                "gpu": gpu["figures"].get("device"), "gpu_score_utterances_per_s_measured": round(gpu_ups),
+                "gpu_score_encoder": gpu["figures"].get("encoder", "minilm (bench_gpu.py --encoder DIR)")}
         figures[f"{path}_path"] = {"x_realtime_measured": ray["x_realtime"],
                                    "utterances_per_video_hour_measured": round(utt_per_hour)} | rows
     driver = load("driver")

@@ -1,11 +1,12 @@
 """Scoring throughput (utterances/s) and model FLOPs utilisation: batched vs one-at-a-time vs the Ray Data job.
 
     python bench/bench_score.py [--rows 600] [--naive-rows 300] [--ray-rows 3000] [--repeats 3] [--batch-size 32]
-                                [--threads 2] [--bf16-rows N] [--skip-ray] [--skip-bf16]
+                                [--threads 2] [--bf16-rows N] [--skip-ray] [--skip-bf16] [--encoder mpnet|minilm]
 
 Synthetic utterances (5-40 words, uniform; random 25-d word features, feature set egemaps_v02_lld) are built
 through ``cmbert.manifest.Utterance`` and cast to ``schemas.UTTERANCES_SCHEMA``. The model is the default
-CM-BERT (``CMBertConfig()``: the bundled all-MiniLM-L6-v2 encoder, paper fusion, max_len 50), saved with
+CM-BERT (``CMBertConfig(encoder=--encoder)``: the default encoder, all-mpnet-base-v2, unless ``--encoder minilm``;
+paper fusion, max_len 50), saved with
 ``save_checkpoint`` to a temporary folder and loaded back with ``load_checkpoint``, as the job does.
 
 (a) batched: ``cmbert.scoring.score_rows`` (token lengths -> length buckets -> collate -> forward), the pure
@@ -33,7 +34,7 @@ P = parameters outside the embeddings (encoder layers + fusion + head), L layers
 the t^2 terms are the encoder's QK^T and AV (all heads together), the fusion's two T x T similarity products
 and W_m @ X_t. MFU = FLOPs/s / peak; peaks: ../shared/STACK.md (fp32 167, bf16 406 GFLOP/s on 2 threads,
 an AVX-512-bf16 machine) and this machine's own matmul peak, measured here at the start of the run.
-Writes bench/results/score.json.
+Writes bench/results/score.json for the default encoder (what bench_scale.py reads), score-ENCODER.json otherwise.
 """
 
 from __future__ import annotations
@@ -88,14 +89,15 @@ def synthetic_table(n: int, seed: int = 0):
     return pa.Table.from_pylist(rows, schema=UTTERANCES_SCHEMA)
 
 
-def make_checkpoint(uri: str) -> dict:
+def make_checkpoint(uri: str, encoder: str | None = None) -> dict:
+    """A checkpoint of an untrained CM-BERT on ``encoder`` (default: the default encoder)."""
     import torch
 
     from cmbert.checkpoint import save_checkpoint
     from cmbert.model import CMBertConfig, build_model, load_tokenizer
 
     torch.manual_seed(0)
-    cfg = CMBertConfig(audio_dim=AUDIO_DIM)
+    cfg = CMBertConfig(audio_dim=AUDIO_DIM, **({"encoder": encoder} if encoder else {}))
     model = build_model(cfg)
     meta = {"feature_set": FEATURE_SET, "feature_dim": AUDIO_DIM, "model_id": "cmbert-bench", "seed": 0,
             "epoch": 0, "metrics": {}}
@@ -375,6 +377,9 @@ def ray_job(ckpt: str, table, args, work: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from cmbert.encoders import DEFAULT_ENCODER
+
+    ap.add_argument("--encoder", default=DEFAULT_ENCODER, help="mpnet (default), minilm or a model directory")
     ap.add_argument("--rows", type=int, default=600)
     ap.add_argument("--naive-rows", type=int, default=300, help="rows for the one-at-a-time loop (a prefix)")
     ap.add_argument("--ray-rows", type=int, default=3000, help="rows for (c) and its in-process baseline")
@@ -403,7 +408,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="cmbert-bench-score-")
     try:
         ckpt = f"{work}/checkpoint"
-        make_checkpoint(ckpt)
+        make_checkpoint(ckpt, args.encoder)
         table = synthetic_table(args.rows)
         figures = {"peak_flops": peaks, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                    "native_bf16": native_bf16(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -421,7 +426,8 @@ def main() -> None:
                   f"{(figures['ray']['time_to_first_row_s'] or {}).get('median')} s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write_result("score", figures | {"config": vars(args)}, notes=(
+    name = "score" if args.encoder == DEFAULT_ENCODER else f"score-{os.path.basename(args.encoder.rstrip('/'))}"
+    write_result(name, figures | {"config": vars(args), "encoder": args.encoder}, notes=(
         "FLOPs per utterance (forward, t real word-pieces): 2*P*t + L*4*t^2*H + 4*t^2*D + 2*t^2*H, P = non-embedding "
         "parameters (encoder layers + fusion + head), L layers, H hidden, D proj_dim; padding not counted. "
         "MFU = FLOPs/s / peak (STACK.md peak and this machine's measured matmul peak). (a) batched = "

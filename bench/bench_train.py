@@ -1,6 +1,6 @@
 """Training throughput (samples/s) and model FLOPs utilisation (MFU): a plain single-process loop vs Ray Train DDP.
 
-    python bench/bench_train.py [--encoder minilm] [--rows 240] [--steps 10] [--words 12] [--epochs 2] [--skip-ray]
+    python bench/bench_train.py [--encoder mpnet|minilm] [--rows 240] [--steps 10] [--words 12] [--epochs 2] [--skip-ray]
 
 Synthetic utterances (``--words`` words each, 25-d word audio) through CM-BERT with jobs/train.py's defaults (audio
 at [CLS] and in the attention's values), batch 24.
@@ -8,7 +8,7 @@ MFU = analytic training FLOPs per sample (3x the forward matmuls: encoder, atten
 x samples/s / the fp32 matmul peak in ../shared/STACK.md (167 GFLOP/s on 2 threads). The plain loop times
 ``--steps`` steps after two warm-up steps; the Ray Train figure is the last of ``--epochs`` epochs' rows/s from
 inside train_func (collate included; start-up and epoch 0's warm-up excluded); fit_s is the whole fit().
-Writes bench/results/train.json.
+Writes bench/results/train.json for the default encoder (all-mpnet-base-v2), train-ENCODER.json otherwise.
 """
 
 from __future__ import annotations
@@ -129,7 +129,9 @@ def ray_train(encoder: str, rows: list[dict], workers: int, threads: int, flops:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--encoder", default="minilm")
+    from cmbert.encoders import DEFAULT_ENCODER
+
+    ap.add_argument("--encoder", default=DEFAULT_ENCODER, help="mpnet (default), minilm or a model directory")
     ap.add_argument("--rows", type=int, default=240)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--words", type=int, default=12)
@@ -146,7 +148,8 @@ def main() -> None:
         for k in ("ray_ddp_1_worker_2_threads", "ray_ddp_2_workers_1_thread"):
             figures[k]["vs_plain"] = figures[k]["samples_per_s"] / base
             figures[k]["overhead_vs_plain"] = base / figures[k]["samples_per_s"] - 1
-    write_result("train", figures | {"config": vars(args)},
+    name = "train" if args.encoder == DEFAULT_ENCODER else f"train-{os.path.basename(args.encoder.rstrip('/'))}"
+    write_result(name, figures | {"config": vars(args), "encoder": args.encoder},
                  notes="samples/s include collation on both sides; MFU = analytic train FLOPs (3x forward matmuls) "
                        "x samples/s / 167 GFLOP/s (STACK.md fp32 peak). Ray figures are the epoch's rows/s inside "
                        "train_func (start-up excluded; fit_s is the whole fit()). Overhead = plain / Ray - 1.")

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
 ORDER = ("preprocess", "train", "score", "memory", "driver", "gpu", "diarize", "scale")  # scale reads the others' JSONs: last
-QUALITY = ("mosi", "ravdess")  # accuracy, not cost: only with --quality or --only
+QUALITY = ("mosi", "ravdess")  # accuracy, not cost (MOSI: up to 2 h on 2 cores): only with --quality or --only
 
 
 @dataclass(frozen=True)
@@ -142,13 +142,15 @@ HEADLINES: dict[str, list[Figure]] = {
         Figure("default variant, std over seeds", "ravdess/models/variant/non0_acc2/std", digits=3),
     ],
     "mosi": [
-        Figure("seeds run", "seeds_run", digits=0),
-        Figure("T-BERT non0 acc2 (dev)", "models/tbert/mean_std/non0_acc2/mean", digits=3),
-        Figure("T-BERT corr (dev)", "models/tbert/mean_std/corr/mean", digits=3),
-        Figure("CM-BERT non0 acc2 (dev)", "models/cmbert/mean_std/non0_acc2/mean", digits=3),
-        Figure("CM-BERT corr (dev)", "models/cmbert/mean_std/corr/mean", digits=3),
-    ],
+        Figure(f"{enc} {model} {metric} (dev)", f"models/{enc}_{model}/mean_std/{metric}/mean", digits=3)
+        for model in ("cmbert", "tbert") for enc in ("mpnet", "minilm") for metric in ("non0_acc2", "mae", "corr")
+    ] + [Figure(f"{enc} cmbert seeds", f"seeds_run/{enc}_cmbert", digits=0) for enc in ("mpnet", "minilm")]
+    + [Figure(f"{enc} cmbert train MFU (in loop)", f"models/{enc}_cmbert/mfu_fp32_in_loop", "%")
+       for enc in ("mpnet", "minilm")],
 }
+# Cost figures with the small encoder beside the default's (bench_train.py / bench_score.py --encoder minilm).
+HEADLINES["train-minilm"] = HEADLINES["train"]
+HEADLINES["score-minilm"] = HEADLINES["score"]
 
 
 def bench_names() -> list[str]:

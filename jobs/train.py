@@ -1,6 +1,6 @@
 """Train: utterances -> CM-BERT checkpoints (Ray Train, DDP), one per seed, plus a summary over seeds.
 
-    python jobs/train.py --train URI --dev URI --output DIR_OR_S3_URI [--encoder PATH] [--fusion cmbert|none]
+    python jobs/train.py --train URI --dev URI --output DIR_OR_S3_URI [--encoder mpnet|minilm|PATH] [--fusion cmbert|none]
         [--cls-audio mean|zero] [--audio-values|--no-audio-values] [--seeds N] [--epochs 3] [--workers N] [--gpu]
         [--precision fp32|bf16] [--batch-size 24] [--max-len 50] [--lr 2e-5] [--fusion-lr 1e-3] [--label-column label]
 
@@ -42,7 +42,8 @@ from cmbert.checkpoint import META, publish_dir, save_checkpoint, write_multisee
 from cmbert.cli import parse_config
 from cmbert.collate import collate, predict_rows, read_utterances
 from cmbert.metrics import aggregate, json_safe, regression_metrics
-from cmbert.model import MINILM, CMBertConfig, build_model, load_tokenizer
+from cmbert.encoders import DEFAULT_ENCODER, MINILM, MPNET, EncoderMissing, resolve_encoder
+from cmbert.model import CMBertConfig, build_model, load_tokenizer
 from cmbert.runinfo import code_version, new_run_id, utc_now, write_run_row
 
 
@@ -56,7 +57,9 @@ class TrainConfig:
     train: str = field(metadata={"help": "utterances dataset (folder or s3:// URI) to train on"})
     dev: str = field(metadata={"help": "utterances dataset for model selection (lowest dev loss)"})
     output: str = field(metadata={"help": "output folder or s3:// URI"})
-    encoder: str = field(default=MINILM, metadata={"help": "BERT directory or hub id; 'minilm' = the bundled MiniLM"})
+    encoder: str = field(default=DEFAULT_ENCODER, metadata={
+        "help": "mpnet = all-mpnet-base-v2 (12 layers, hidden 768; `make mpnet` installs it), minilm = the bundled "
+                "all-MiniLM-L6-v2 (6 layers, hidden 384: small machines), or a model directory"})
     fusion: str = field(default="cmbert", metadata={"choices": ("cmbert", "none"), "help": "none = T-BERT"})
     # Defaults: our hearing variant. The paper's model: --cls-audio zero --no-audio-values --fusion-lr 0.01.
     cls_audio: str = field(default="mean", metadata={"choices": ("zero", "mean"),
@@ -281,13 +284,18 @@ def feature_info(*tables: pa.Table) -> tuple[str, int]:
 
 
 def default_model_id(cfg: TrainConfig) -> str:
-    encoder = "minilm-l6" if cfg.encoder == MINILM else os.path.basename(cfg.encoder.rstrip("/")) or cfg.encoder
+    names = {MINILM: "minilm-l6", MPNET: "mpnet-base"}
+    encoder = names.get(cfg.encoder) or os.path.basename(cfg.encoder.rstrip("/")) or cfg.encoder
     fusion = f"-{cfg.cls_audio}" + ("-values" if cfg.audio_values else "") if cfg.fusion == "cmbert" else ""
     return f"cmbert-{cfg.fusion}{fusion}-{encoder}"
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(TrainConfig, argv)
+    try:  # before any work: a missing encoder is one line here, not a traceback inside every Ray worker
+        resolve_encoder(cfg.encoder)
+    except EncoderMissing as exc:
+        raise SystemExit(str(exc)) from None
     run_id, started = new_run_id("train"), utc_now()
     out = storage.locate(cfg.output)
     train_table, n_unlabelled = read_utterances(cfg.train, cfg.label_column)

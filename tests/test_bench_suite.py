@@ -35,7 +35,8 @@ def test_make_bench_runs_the_cost_benches_and_not_the_accuracy_evaluations(monke
 
 
 def test_every_headline_names_a_bench_that_exists():
-    assert set(run_all.HEADLINES) - {"gpu-ravdess"} <= set(run_all.bench_names())
+    # NAME-VARIANT (gpu-ravdess, score-minilm) is a second results file of bench_NAME.py
+    assert {name.split("-")[0] for name in run_all.HEADLINES} <= set(run_all.bench_names())
 
 
 def test_scale_arithmetic():

@@ -15,7 +15,7 @@ META = {"feature_set": "gen", "feature_dim": 4, "model_id": "tiny", "seed": 1, "
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     torch.manual_seed(0)
-    config = CMBertConfig(encoder_config=tiny_encoder_config(), audio_dim=4, cls_audio="mean")
+    config = CMBertConfig(encoder="minilm", encoder_config=tiny_encoder_config(), audio_dim=4, cls_audio="mean")
     model = build_model(config).eval()
     tok = load_tokenizer(config)
     path = str(tmp_path_factory.mktemp("ckpt") / "seed-1")

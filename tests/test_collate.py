@@ -9,7 +9,7 @@ from cmbert.model import load_tokenizer, CMBertConfig
 
 @pytest.fixture(scope="module")
 def tok():
-    return load_tokenizer(CMBertConfig())
+    return load_tokenizer(CMBertConfig(encoder="minilm"))
 
 
 def word(w, f):

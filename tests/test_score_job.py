@@ -47,7 +47,7 @@ def make_checkpoint(uri: str, feature_set: str = FEATURES, feature_dim: int = DI
     torch.manual_seed(0)
     encoder = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=64).to_dict()
-    cfg = CMBertConfig(encoder_config=encoder, audio_dim=max(feature_dim, 1), max_len=32, **config)
+    cfg = CMBertConfig(encoder="minilm", encoder_config=encoder, audio_dim=max(feature_dim, 1), max_len=32, **config)
     model = build_model(cfg)
     meta = {"feature_set": feature_set, "feature_dim": feature_dim, "model_id": "cmbert-tiny", "seed": 0}
     return save_checkpoint(model, load_tokenizer(cfg), cfg, uri, meta)
