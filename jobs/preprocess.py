@@ -69,9 +69,6 @@ def done_keys(output: str, retry_rejects: bool = False):
     retried task that now succeeds keeps its old reject rows."""
     from cmbert.stages import RETRIED_STAGE
 
-    storage.check_written_version(f"{output}/utterances", UTTERANCES_SCHEMA)  # other ids: a rerun would duplicate
-    storage.check_written_version(f"{output}/rejects", REJECTS_SCHEMA)
-
     def final(t: pa.Table):
         return pc.not_equal(t.column("stage"), RETRIED_STAGE)
 
@@ -88,6 +85,8 @@ def done_keys(output: str, retry_rejects: bool = False):
 def run(cfg: PreprocessConfig) -> Tally:
     run_id = new_run_id("preprocess")
     started = utc_now()
+    storage.check_written_version(f"{cfg.output}/utterances", UTTERANCES_SCHEMA)  # other ids: a rerun would duplicate
+    storage.check_written_version(f"{cfg.output}/rejects", REJECTS_SCHEMA)  # (before Ray starts: one line, no work)
     manifest = read_manifest(cfg.manifest) if cfg.manifest else None
     tasks, early = build_tasks(cfg.input, manifest, cfg.text_column, cfg.label_column)
     metadata = {"cmbert.run_id": run_id, "cmbert.code_version": code_version(), "cmbert.config": config_json(cfg)}
