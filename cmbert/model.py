@@ -223,7 +223,8 @@ def build_encoder(config: CMBertConfig) -> nn.Module:
 
     if config.encoder_config is None:
         path = resolve_encoder(config.encoder)
-        encoder = AutoModel.from_pretrained(path)
+        with torch.random.fork_rng(devices=[]):  # a pooler missing from the weights draws no random numbers
+            encoder = AutoModel.from_pretrained(path)
         if getattr(encoder, "pooler", None) is not None:
             # CM-BERT never uses the pooler (and DDP dislikes unused weights). Loaded, then dropped: loading the
             # model without it would print transformers' LOAD REPORT of "unexpected" pooler weights in every worker.

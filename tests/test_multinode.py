@@ -32,7 +32,7 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from cmbert.raysetup import start_with_retries
+    from cmbert.raysetup import start_local_ray
 
     had_local = ray.is_initialized()
     ray.shutdown()
@@ -46,9 +46,8 @@ def cluster():
         ray.shutdown()
         c.shutdown()
         if had_local:
-            start_with_retries(lambda: ray.init(address="local", num_cpus=2, include_dashboard=False,
-                                                _node_ip_address="127.0.0.1", object_store_memory=512 * 1024**2,
-                                                log_to_driver=False, configure_logging=False))
+            start_local_ray(include_dashboard=False, num_cpus=2, object_store_memory=512 * 1024**2,
+                            log_to_driver=False)
 
 
 def alive_nodes() -> list[dict]:
@@ -109,11 +108,12 @@ def test_preprocess_then_score_s3_with_a_worker_node_removed_mid_run(cluster, s3
     corpus, out = f"s3://{bucket}/corpus", f"s3://{bucket}/prep"
     pafs.copy_files(str(CORPUS), storage.locate(corpus).path, destination_filesystem=storage.locate(corpus).fs)
     argv = ["--input", corpus, "--manifest", f"{corpus}/manifest.csv", "--output", out, "--diarizer", "none",
-            "--clips-per-batch", "1"]
+            "--clips-per-batch", "1", "--features", "egemaps"]  # the tiny checkpoint below expects eGeMAPS
     assert len(alive_nodes()) == 3
 
-    # preprocess: the first published utterances file means workers are mid-run; then node 1 goes
-    rc = run_with_node_removed(c, workers[0], lambda: s3_parquet(bucket, "prep/utterances"),
+    # preprocess: the first file a worker staged (or published) means workers are mid-run; then node 1 goes
+    rc = run_with_node_removed(c, workers[0], lambda: any(s3_parquet(bucket, p) for p in
+                                                          ("_staging", "prep/_staging", "prep/utterances")),
                                lambda: preprocess.main(argv))
     assert rc == 0
     assert wait_for(lambda: len(alive_nodes()) == 2)  # the GCS notices a dead node after its heartbeats stop
