@@ -25,12 +25,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_memory import _tree, preprocess_corpus, score_corpus  # noqa: E402
-from common import REPO, SHARED_DATA, write_result  # noqa: E402
+from common import REPO, SHARED_DATA, run_sampled, write_result  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
@@ -76,20 +75,10 @@ class CpuSampler(threading.Thread):
 
 
 def measure(cmd: list[str], code: str, log: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=code)
-    with open(log, "w") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=out, stderr=subprocess.STDOUT)
-        sampler = CpuSampler(proc.pid)
-        sampler.start()
-        rc = proc.wait()
-        sampler.stop.set()
-        sampler.join()
-        wall = time.perf_counter() - t0
-    if rc != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {rc}; see {log}:\n" + open(log).read()[-3000:])
-    driver = sampler.cpu.get(proc.pid, 0.0)
-    cluster = sum(v for p, v in sampler.cpu.items() if p != proc.pid)
+    sampler, wall = run_sampled(cmd, code, dict(os.environ, PYTHONPATH=code), log, CpuSampler)
+    proc_pid = sampler.pid
+    driver = sampler.cpu.get(proc_pid, 0.0)
+    cluster = sum(v for p, v in sampler.cpu.items() if p != proc_pid)
     return {"driver_cpu_s": round(driver, 2), "cluster_cpu_s": round(cluster, 2),
             "driver_peak_rss_mib": round(sampler.peak_rss / MIB, 1), "wall_s": round(wall, 1)}
 

@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import REPO, SHARED_DATA, ravdess_dev_rows, write_manifest, write_result  # noqa: E402
+from common import REPO, SHARED_DATA, ravdess_dev_rows, run_sampled, write_manifest, write_result  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -96,18 +94,8 @@ class TreeSampler(threading.Thread):
 
 
 def measure(cmd: list[str], interval: float, log: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    with open(log, "w") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        sampler = TreeSampler(proc.pid, interval)
-        sampler.start()
-        rc = proc.wait()
-        sampler.stop.set()
-        sampler.join()
-        wall = time.perf_counter() - t0
-    if rc != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {rc}; see {log}:\n" + open(log).read()[-3000:])
+    sampler, wall = run_sampled(cmd, REPO, dict(os.environ, PYTHONPATH=str(REPO)), log,
+                                lambda pid: TreeSampler(pid, interval))
     return {"peak_pss_mib": round(sampler.peak_pss / MIB, 1), "peak_rss_largest_process_mib":
             round(sampler.peak_rss_one / MIB, 1), "max_processes": sampler.max_procs, "samples": sampler.samples,
             "wall_s": round(wall, 1)}

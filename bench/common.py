@@ -104,3 +104,22 @@ def write_result(name: str, figures: dict, notes: str = "") -> Path:
     path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
     print(f"[bench] wrote {path}")
     return path
+
+
+def run_sampled(cmd: list[str], cwd, env: dict, log: str, sampler_for) -> tuple[object, float]:
+    """Run ``cmd`` (output to ``log``) while ``sampler_for(pid)`` (a thread with a ``stop`` event) watches its
+    process tree; -> (the sampler, wall seconds). A failed command raises with the log's tail."""
+    import subprocess
+
+    with open(log, "w") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        sampler = sampler_for(proc.pid)
+        sampler.start()
+        rc = proc.wait()
+        sampler.stop.set()
+        sampler.join()
+        wall = time.perf_counter() - t0
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {rc}; see {log}:\n" + open(log).read()[-3000:])
+    return sampler, wall

@@ -43,3 +43,27 @@ def clip(name: str) -> np.ndarray:
 def normalise(text: str) -> str:
     """Lower case, punctuation dropped (apostrophes kept), for WER."""
     return " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
+
+
+def majority_speakers(speech, turns) -> list[str]:
+    """The speaker who covers most of each speech region (``turns`` with .start, .end, .speaker)."""
+    majority = []
+    for s, e in speech:
+        cover: dict[str, float] = {}
+        for t in turns:
+            cover[t.speaker] = cover.get(t.speaker, 0.0) + max(0.0, min(e, t.end) - max(s, t.start))
+        majority.append(max(cover, key=cover.get))
+    return majority
+
+
+def call_der(call_dir, turns, seconds: float, collar: float) -> float:
+    """Frame DER of ``turns`` against the call's reference RTTM (overlap scored, pyannote.metrics)."""
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    ref, hyp = Annotation(), Annotation()
+    for f in map(str.split, open(Path(call_dir) / "sample.rttm")):
+        ref[Segment(float(f[3]), float(f[3]) + float(f[4]))] = f[7]
+    for t in turns:
+        hyp[Segment(t.start, t.end)] = t.speaker
+    return DiarizationErrorRate(collar=collar)(ref, hyp, uem=Timeline([Segment(0, seconds)]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audio_corpus import clip
+from audio_corpus import call_der, clip, majority_speakers
 from cmbert.audio.decode import SAMPLE_RATE
 from cmbert.audio.diarize import (
     DiarizeParams,
@@ -47,13 +47,7 @@ def test_two_voices_taking_turns(models):
     turns = diarize(audio, speech, encoder)
     check_turns(turns, audio.size / SAMPLE_RATE)
     # Male, female, male: each VAD region (one per turn) is mostly one speaker, alternating.
-    majority = []
-    for s, e in speech:
-        cover: dict[str, float] = {}
-        for t in turns:
-            cover[t.speaker] = cover.get(t.speaker, 0.0) + max(0.0, min(e, t.end) - max(s, t.start))
-        majority.append(max(cover, key=cover.get))
-    assert majority == ["S0", "S1", "S0"]
+    assert majority_speakers(speech, turns) == ["S0", "S1", "S0"]
 
 
 @pytest.mark.parametrize("name", ["loved_it.mp4", "wonderful.m4a"])
@@ -123,20 +117,12 @@ def test_diarize_pyannote_with_a_stand_in_pipeline():
 @pytest.mark.realdata
 def test_der_on_real_call(models, shared_data):
     import soundfile as sf
-    from pyannote.core import Annotation, Segment, Timeline
-    from pyannote.metrics.diarization import DiarizationErrorRate
 
     vad, encoder = models
     audio, _ = sf.read(shared_data / "call-2spk" / "sample.wav", dtype="float32")
     turns = diarize(audio, detect_speech(audio, vad), encoder)
-    ref, hyp = Annotation(), Annotation()
-    for f in map(str.split, open(shared_data / "call-2spk" / "sample.rttm")):
-        ref[Segment(float(f[3]), float(f[3]) + float(f[4]))] = f[7]
-    for t in turns:
-        hyp[Segment(t.start, t.end)] = t.speaker
     assert len({t.speaker for t in turns}) == 2
-    uem = Timeline([Segment(0, audio.size / SAMPLE_RATE)])
-    der = DiarizationErrorRate(collar=DER_COLLAR)(ref, hyp, uem=uem)
+    der = call_der(shared_data / "call-2spk", turns, audio.size / SAMPLE_RATE, collar=DER_COLLAR)
     assert der <= DER_TARGET, f"DER {der:.3f} (collar {DER_COLLAR})"
 
 

@@ -11,7 +11,7 @@ import socket
 import numpy as np
 import pytest
 
-from audio_corpus import clip
+from audio_corpus import call_der, clip, majority_speakers
 from cmbert.audio.decode import SAMPLE_RATE
 from cmbert.audio.diarize import PyannoteRun, diarize_pyannote, diarize_single, load_pyannote
 from cmbert.audio.pyannote_pipeline import EMBEDDING, SEGMENTATION, WeightsError, weights_path, weights_root
@@ -99,13 +99,7 @@ def test_two_voices_offline(pipeline, vad, offline):
     turns = diarize_pyannote(audio, pipeline, speech=speech)
     assert all(0 <= t.start < t.end <= audio.size / SAMPLE_RATE + 1e-3 for t in turns)
     # Male, female, male: each VAD region (one per turn) is mostly one speaker, alternating.
-    majority = []
-    for s, e in speech:
-        cover: dict[str, float] = {}
-        for t in turns:
-            cover[t.speaker] = cover.get(t.speaker, 0.0) + max(0.0, min(e, t.end) - max(s, t.start))
-        majority.append(max(cover, key=cover.get))
-    assert majority == ["S0", "S1", "S0"]
+    assert majority_speakers(speech, turns) == ["S0", "S1", "S0"]
     assert {t.speaker for t in diarize_pyannote(audio, pipeline, PyannoteRun(num_speakers=1), speech)} == {"S0"}
 
 
@@ -127,19 +121,11 @@ def test_quiet_speech_is_not_lost(pipeline, vad, offline):
 @pytest.mark.realdata
 def test_der_on_real_call(pipeline, vad, shared_data):
     import soundfile as sf
-    from pyannote.core import Annotation, Segment, Timeline
-    from pyannote.metrics.diarization import DiarizationErrorRate
 
     audio, _ = sf.read(shared_data / "call-2spk" / "sample.wav", dtype="float32")
     turns = diarize_pyannote(audio, pipeline, speech=detect_speech(audio, vad))
-    ref, hyp = Annotation(), Annotation()
-    for f in map(str.split, open(shared_data / "call-2spk" / "sample.rttm")):
-        ref[Segment(float(f[3]), float(f[3]) + float(f[4]))] = f[7]
-    for t in turns:
-        hyp[Segment(t.start, t.end)] = t.speaker
     assert len({t.speaker for t in turns}) == 2
-    uem = Timeline([Segment(0, audio.size / SAMPLE_RATE)])
-    der = DiarizationErrorRate(collar=0.0)(ref, hyp, uem=uem)
+    der = call_der(shared_data / "call-2spk", turns, audio.size / SAMPLE_RATE, collar=0.0)
     assert der <= CALL_DER_TARGET, f"DER {der:.3f} (collar 0)"
 
 
