@@ -1,6 +1,6 @@
 """Preprocessing speed in times-realtime: per stage and end to end, the Ray job vs the same functions in one process.
 
-    python bench/bench_preprocess.py [--clips 240] [--asr-clips 40] [--features egemaps] [--skip-ray]
+    python bench/bench_preprocess.py [--clips 240] [--asr-clips 40] [--features whisper] [--skip-ray]
 
 Clips: the RAVDESS dev clips (actors 13-16, 240 clips, ~15 min of speech) from ../shared/data, in manifest
 order; the ASR path runs on the first ``--asr-clips`` of them (whisper decoding is ~10x the alignment path's
@@ -197,10 +197,13 @@ def call_checks(features: str, threads: int) -> dict:
 
 
 def main() -> None:
+    from cmbert.audio.features import DEFAULT_BACKEND
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=240, help="RAVDESS dev clips for the alignment path")
     ap.add_argument("--asr-clips", type=int, default=40, help="of those, how many for the ASR path")
-    ap.add_argument("--features", default="egemaps", choices=["egemaps", "compare", "mfcc", "whisper"])
+    ap.add_argument("--features", default=DEFAULT_BACKEND, choices=["egemaps", "compare", "mfcc", "whisper"],
+                    help="word features (default: the job's default)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="sequential run's threads")
     ap.add_argument("--skip-ray", action="store_true")
     args = ap.parse_args()
