@@ -1,7 +1,7 @@
 """CMU-MOSI text (no audio here): T-BERT vs CM-BERT (audio absent) with each encoder, several seeds, MMSA metrics on dev.
 
     python bench/bench_mosi.py [--work runs/bench-mosi] [--encoders mpnet,minilm] [--models cmbert,tbert]
-        [--seeds 5] [--budget-min 120] [--epochs 3] [--workers 1] [--reuse]
+        [--seeds 5] [--seed-values 111,1111] [--budget-min 120] [--epochs 3] [--workers 1] [--reuse] [--merge]
 
 ../shared/data/mosi-text/train.tsv (1284 rows) and dev.tsv (the CM-BERT paper's split) become text-only
 utterance datasets with the real preprocess job (jobs/preprocess.py main(), --manifest FILE --output DIR; audio
@@ -11,7 +11,9 @@ job's own (1, 11, 111, ...), given to the job one at a time, seed-major: every (
 order given: by default MPNet CM-BERT, MiniLM CM-BERT, MPNet T-BERT, MiniLM T-BERT) before any of seed 11, so an
 interrupted or budget-limited run still has the most important figures. A run starts only when the elapsed time
 plus that (encoder, model)'s last measured time stays within --budget-min. With --reuse, finished runs of an
-earlier invocation in --work are kept (so seeds can be added later). Reports mean ± std (ddof=1) over seeds, the
+earlier invocation in --work are kept (so seeds can be added later); with --merge, the per-seed results already in
+bench/results/mosi.json (of seeds and models not run now, e.g. made in another checkout) are kept and the means
+are taken over all of them (each kept entry is marked ``from_results_file`` with that file's git and time). Reports mean ± std (ddof=1) over seeds, the
 training wall time, and MFU: bench/bench_train.py's analytic training FLOPs per sample (train_flops_per_sample, at
 the training rows' mean word-piece count) x rows/s / 167 GFLOP/s (the fp32 peak in ../shared/STACK.md), both from
 the job's in-loop rows/s (last epoch) and from the whole train job's wall time (Ray start-up, dev evaluation each
@@ -134,12 +136,40 @@ def reused(seed: int, argv: list[str], model_dir: str, eval_json: str) -> dict:
             "train_rows_per_s_last_epoch": summary["seeds"][0].get("train_rows_per_s_last_epoch")}
 
 
+def merge_previous(runs: dict[str, list[dict]], order: list[tuple[str, str]]) -> None:
+    """Add to ``runs`` the per-seed results of bench/results/mosi.json whose (name, seed) did not run now;
+    names not asked for now are kept too. Seeds stay in the job's order (1, 11, 111, ...)."""
+    from common import RESULTS
+
+    path = RESULTS / "mosi.json"
+    if not path.exists():
+        return
+    with open(path) as f:
+        old = json.load(f)
+    for name, entry in old["figures"].get("models", {}).items():
+        if name not in runs:
+            order.append((entry["model"], entry["encoder"]))
+            runs[name] = []
+        have = {r["seed"] for r in runs[name]}
+        for r in entry["per_seed"]:
+            if r["seed"] not in have:
+                kept = dict(r)
+                kept.setdefault("from_results_file", {"git": old.get("git"), "time": old.get("time"),
+                                                      "command": old.get("command")})
+                runs[name].append(kept)
+        runs[name].sort(key=lambda r: (len(str(r["seed"])), r["seed"]))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(REPO / "runs" / "bench-mosi"))
     p.add_argument("--encoders", default="mpnet,minilm", help=f"comma-separated, of {', '.join(ENCODERS)}")
     p.add_argument("--models", default="cmbert,tbert", help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--seeds", type=int, default=5, help="at most this many seeds (paper: 5)")
+    p.add_argument("--seed-values", default=None, help="comma-separated seeds to run (default: the job's first "
+                   "--seeds seeds, 1, 11, 111, ...)")
+    p.add_argument("--merge", action="store_true", help="keep the per-seed results of bench/results/mosi.json "
+                   "for seeds and models not run now, and aggregate over all of them")
     p.add_argument("--budget-min", type=float, default=120.0, help="start another run only within this")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)
@@ -160,7 +190,8 @@ def main() -> None:
     order = [(m, e) for m in model_names for e in encoders]  # CM-BERT of every encoder first, then T-BERT
     runs: dict[str, list[dict]] = {f"{e}_{m}": [] for m, e in order}
     budget, last_s, stopped = args.budget_min * 60, {}, []
-    for seed in seed_list(args.seeds):
+    seeds = [int(x) for x in args.seed_values.split(",")] if args.seed_values else seed_list(args.seeds)
+    for seed in seeds:
         for model, encoder in order:
             name = f"{encoder}_{model}"
             elapsed = time.perf_counter() - t_all
@@ -172,6 +203,8 @@ def main() -> None:
             last_s[name] = 0.0 if r.get("reused") else r["train_s"] + (r["eval_s"] or 0.0)
             print(f"[mosi] {name} seed {seed}: {json.dumps(r['metrics'])} train {r['train_s']:.0f}s "
                   f"MFU {100 * r['mfu_fp32_in_loop']:.1f}% in loop", flush=True)
+    if args.merge:
+        merge_previous(runs, order)
     if stopped:
         print(f"[mosi] not run (budget {budget:.0f}s): {', '.join(stopped)}", flush=True)
 

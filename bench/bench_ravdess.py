@@ -2,6 +2,7 @@
 
     python bench/bench_ravdess.py [--features whisper|egemaps|...] [--utterances URI] [--work runs/bench-ravdess]
         [--seeds 2] [--epochs 8] [--workers 1] [--encoder mpnet|minilm] [--only NAME ...] [--skip-baseline] [--reuse]
+        [--train-args "--lr 3e-5 ..."] [--results ravdess]
 
 RAVDESS speech (../shared/data/ravdess, actors 01-16): two fixed, emotionally neutral sentences spoken with
 8 emotions, so the words carry no valence and any skill beyond the majority rate must come from the audio.
@@ -11,7 +12,9 @@ transcript, ``--features`` averaged per word; skipped when ``--utterances`` exis
 jobs/train.py main() (Ray Train, --workers 1) and jobs/evaluate.py main(); ``--epochs`` (default 8: RAVDESS
 has 30 batches an epoch) with the job's model selection on dev loss; ``--encoder`` is passed on when given (default:
 the job's own default encoder, all-mpnet-base-v2; the two RAVDESS sentences need no big encoder, so
-``--encoder minilm`` is the cheap way to measure the audio path).
+``--encoder minilm`` is the cheap way to measure the audio path). ``--train-args`` appends more jobs/train.py
+flags to every model (recipe exploration: ``--lr``, ``--fusion-lr``, ``--dropout``, ...); ``--results NAME``
+writes bench/results/NAME.json instead of ravdess.json (so an exploration does not replace the headline file).
 
 - T-BERT (``--fusion none``): text only.
 - CM-BERT as published (``--cls-audio zero --no-audio-values --fusion-lr 0.01``): cannot depend on the audio.
@@ -302,6 +305,8 @@ def main() -> None:
                    "values, variant, baseline); the results file lists what ran")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--reuse", action="store_true", help="reuse a finished run with the same train arguments")
+    p.add_argument("--train-args", default="", help="more jobs/train.py flags for every model, one string")
+    p.add_argument("--results", default="ravdess", help="bench/results/NAME.json to write")
     args = p.parse_args()
     t_all = time.perf_counter()
     preprocess_s = None
@@ -318,7 +323,10 @@ def main() -> None:
     train_mean = sum(train_labels) / len(train_labels)
     const_sign_rate = (dev_major["pos"] if train_mean > 0 else dev_major["neg"]) / dev_major["n_non0"]
 
-    base = ["--epochs", str(args.epochs)] + (["--encoder", args.encoder] if args.encoder else [])
+    import shlex
+
+    base = (["--epochs", str(args.epochs)] + (["--encoder", args.encoder] if args.encoder else [])
+            + shlex.split(args.train_args))
     runs = [("tbert", "T-BERT (--fusion none)", ["--fusion", "none"] + base),
             ("paper", "CM-BERT as published (--cls-audio zero --no-audio-values --fusion-lr 0.01)",
              ["--cls-audio", "zero", "--no-audio-values", "--fusion-lr", "0.01"] + base),
@@ -364,7 +372,8 @@ def main() -> None:
                "models": models, "classical_baseline": baseline,
                "target": "variant >= 0.80 non0 accuracy on unseen speakers, clearly above the classical baseline",
                "total_s": time.perf_counter() - t_all}
-    write_result("ravdess", figures, notes=args_notes(args))
+    figures["train_args_extra"] = shlex.split(args.train_args)
+    write_result(args.results, figures, notes=args_notes(args))
 
 
 def args_notes(args) -> str:
