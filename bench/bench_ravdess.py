@@ -2,7 +2,7 @@
 
     python bench/bench_ravdess.py [--features whisper|egemaps|...] [--utterances URI] [--work runs/bench-ravdess]
         [--seeds 2] [--epochs 8] [--workers 1] [--encoder mpnet|minilm] [--only NAME ...] [--skip-baseline] [--reuse]
-        [--train-args "--lr 3e-5 ..."] [--results ravdess]
+        [--train-args "--lr 3e-5 ..."] [--results ravdess] [--resume] [--finished-seeds]
 
 RAVDESS speech (../shared/data/ravdess, actors 01-16): two fixed, emotionally neutral sentences spoken with
 8 emotions, so the words carry no valence and any skill beyond the majority rate must come from the audio.
@@ -107,7 +107,10 @@ def train_and_evaluate(name: str, args, split: dict, extra: list[str], reuse: bo
             print(f"[ravdess] {name}: reusing {eval_json}", flush=True)
             with open(eval_json) as f:
                 return {"result": json.load(f), **timing}
-    shutil.rmtree(model_dir, ignore_errors=True)  # fresh run (train.py would otherwise resume from _ray/)
+    if args.finished_seeds:
+        return finished_seeds(model_dir, train_argv, eval_argv, timing_path)
+    if not args.resume:
+        shutil.rmtree(model_dir, ignore_errors=True)  # fresh run (train.py would otherwise resume from _ray/)
     print(f"[ravdess] {name}: train {' '.join(train_argv)}", flush=True)
     t0 = time.perf_counter()
     summary = train_job.main(train_argv)
@@ -122,6 +125,33 @@ def train_and_evaluate(name: str, args, split: dict, extra: list[str], reuse: bo
     with open(timing_path, "w") as f:
         json.dump(timing, f)
     with open(eval_json) as f:  # the file as written (strict JSON, NaN -> null)
+        return {"result": json.load(f), **timing}
+
+
+def finished_seeds(model_dir: str, train_argv: list[str], eval_argv: list[str], timing_path: str) -> dict:
+    """An interrupted train run (killed before its last seed ended): evaluate the seeds it finished. train.py
+    publishes seed-N/ (that seed's best epoch) as each seed ends and the multi-seed meta.json only at the end, so
+    this writes that meta.json for the finished seeds (the job's own write_multiseed_meta) and runs evaluate.py;
+    train times are not known (null) and the entry says it is partial."""
+    import evaluate as evaluate_job
+
+    from cmbert.checkpoint import read_meta, write_multiseed_meta
+
+    seeds = sorted((d for d in os.listdir(model_dir) if d.startswith("seed-")
+                    and os.path.exists(os.path.join(model_dir, d, "meta.json"))), key=lambda d: len(d))
+    if not seeds:
+        raise SystemExit(f"{model_dir}: no finished seed")
+    metas = [read_meta(os.path.join(model_dir, d)) for d in seeds]
+    best = min(range(len(seeds)), key=lambda i: metas[i]["metrics"]["dev_loss"])
+    write_multiseed_meta(model_dir, {"checkpoints": seeds, "best": seeds[best], "partial": True,
+                                     **{k: metas[best].get(k) for k in ("feature_set", "feature_dim", "model_id",
+                                                                         "model_version", "run_id")}})
+    t0 = time.perf_counter()
+    evaluate_job.main(eval_argv)
+    timing = {"train_argv": train_argv, "eval_argv": eval_argv, "train_s": None, "eval_s": time.perf_counter() - t0,
+              "best_epochs": [m["epoch"] for m in metas], "dev_loss": [m["metrics"]["dev_loss"] for m in metas],
+              "partial": f"train run interrupted: {len(seeds)} finished seed(s) evaluated ({', '.join(seeds)})"}
+    with open(eval_argv[-1]) as f:
         return {"result": json.load(f), **timing}
 
 
@@ -305,6 +335,10 @@ def main() -> None:
                    "values, variant, baseline); the results file lists what ran")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--reuse", action="store_true", help="reuse a finished run with the same train arguments")
+    p.add_argument("--resume", action="store_true", help="keep an interrupted run's model folder: train.py "
+                   "resumes each seed from its Ray Train checkpoints (same train arguments; --seeds may differ)")
+    p.add_argument("--finished-seeds", action="store_true", help="do not train: evaluate the seeds an "
+                   "interrupted run of the same models finished (its model folders in --work)")
     p.add_argument("--train-args", default="", help="more jobs/train.py flags for every model, one string")
     p.add_argument("--results", default="ravdess", help="bench/results/NAME.json to write")
     args = p.parse_args()
@@ -348,13 +382,16 @@ def main() -> None:
                  "seeds": len(per_seed), "non0_acc2_mean": res["mean_std"]["non0_acc2"]["mean"],
                  "non0_acc2_std": res["mean_std"]["non0_acc2"]["std"], "per_seed": per_seed,
                  "mean_std": res["mean_std"], "best_epochs": r["best_epochs"], "dev_loss": r["dev_loss"],
-                 "train_s": r["train_s"], "train_s_per_seed": r["train_s"] / max(len(per_seed), 1),
+                 "train_s": r["train_s"],
+                 "train_s_per_seed": r["train_s"] / max(len(per_seed), 1) if r["train_s"] is not None else None,
                  "eval_s": r["eval_s"]}
+        if r.get("partial"):
+            entry["partial"] = r["partial"]
         if name != "tbert":
             entry["audio_checks"] = audio_checks(os.path.join(args.work, "models", name), split["dev"]["uri"])
         models[name] = entry
         print(f"[ravdess] {name}: non0_acc2 {entry['non0_acc2_mean']:.4f} ± {entry['non0_acc2_std']:.4f} "
-              f"(dev majority {dev_major['rate']:.4f}); train {r['train_s']:.0f}s", flush=True)
+              f"(dev majority {dev_major['rate']:.4f}); train {r['train_s'] or 0:.0f}s", flush=True)
 
     baseline = probe = None
     if not args.skip_baseline and (args.only is None or "baseline" in args.only):
@@ -370,7 +407,8 @@ def main() -> None:
                "utterances": args.utterances, "preprocess_s": preprocess_s, "linear_probe_word_features": probe,
                "dev_rate_of_train_mean_sign": {"train_mean_label": train_mean, "rate": const_sign_rate},
                "models": models, "classical_baseline": baseline,
-               "target": "variant >= 0.80 non0 accuracy on unseen speakers, clearly above the classical baseline",
+               "target": ("variant (the defaults) >= 0.85 non0 accuracy on unseen speakers, above the linear probe of "
+                          "the same word features; paper mode at the majority rate (issue 12)"),
                "total_s": time.perf_counter() - t_all}
     figures["train_args_extra"] = shlex.split(args.train_args)
     write_result(args.results, figures, notes=args_notes(args))
