@@ -411,6 +411,7 @@ def main() -> None:
                           "the same word features; paper mode at the majority rate (issue 12)"),
                "total_s": time.perf_counter() - t_all}
     figures["train_args_extra"] = shlex.split(args.train_args)
+    figures["load_average_1_5_15_min_at_end"] = list(os.getloadavg())  # the machine is shared: see the notes
     write_result(args.results, figures, notes=args_notes(args))
 
 
@@ -424,7 +425,11 @@ def args_notes(args) -> str:
             "sign(pred) vs sign(label) on dev rows with label != 0 (a prediction of 0 counts as negative). "
             "The variants' knobs (fusion lr 1e-3, 8 epochs, whisper features) were chosen by looking at dev, the "
             "only held-in split here, so dev figures are optimistic; actors 17-24 are held out elsewhere. The "
-            "baselines' C sweeps and per-speaker z-scoring are context only; the headline baselines use C=1.")
+            "baselines' C sweeps and per-speaker z-scoring are context only; the headline baselines use C=1."
+            + (" --finished-seeds: the train runs were interrupted and only the seeds they finished are evaluated "
+               "(each model's per_seed; 'partial' says which); their train times are unknown here (null)."
+               if args.finished_seeds else "")
+            + (f" Extra train flags: {args.train_args}." if args.train_args else ""))
 
 
 if __name__ == "__main__":
