@@ -1,11 +1,15 @@
 """Checkpoints: model.safetensors + config.json + tokenizer files + meta.json, in a local folder or under s3://.
 
-meta.json is written last and lists every other file with its size and sha256, so a checkpoint whose
+meta.json (``CheckpointMeta``, read and written only here) is written last and lists every other file with its size and sha256, so a checkpoint whose
 save did not finish (no meta.json) or whose files were cut short or changed is refused with a clear error.
 Weights are only ever safetensors: nothing here unpickles.
 
 A multi-seed training output is a folder of ``seed-N/`` checkpoints plus a top-level meta.json naming the
 best one; ``load_checkpoint`` on the top level loads that seed.
+
+The training job's epoch checkpoints add a second format beside the first: Adam's state
+(``save_train_state``/``load_train_state``, optimizer.safetensors + train_state.json), which a resumed run reads
+and the published checkpoint leaves out (``TRAIN_STATE_FILES``).
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ import json
 import os
 import posixpath
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import pyarrow.fs as pafs
 import torch
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from cmbert.model import CMBert, CMBertConfig, build_model
 from cmbert.storage import explain, locate
@@ -30,6 +34,7 @@ MULTI_FORMAT = "cmbert-multiseed/1"
 META = "meta.json"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+TRAIN_STATE_FILES = ("optimizer.safetensors", "train_state.json")  # in epoch checkpoints only, never published
 
 
 class CheckpointError(RuntimeError):
@@ -37,11 +42,51 @@ class CheckpointError(RuntimeError):
 
 
 @dataclass
+class CheckpointMeta:
+    """meta.json: what a checkpoint is (format, weights hash, files) and what it was trained on.
+
+    One checkpoint (``FORMAT``) has ``files``; a multi-seed output's top level (``MULTI_FORMAT``) has
+    ``checkpoints`` (its seed folders) and ``best`` (one of them) instead. Keys an older meta.json lacks get the
+    defaults below; keys this code does not know are ignored.
+    """
+
+    format: str = FORMAT
+    model_version: str = ""  # weights_version() of the weights; set by save_checkpoint
+    feature_set: str = "none"  # the audio features trained on ("none": text only)
+    feature_dim: int = 0
+    model_id: str | None = None  # the model's name in score rows
+    # "zeros": trained on audio-absent rows as zero audio, so it may score them the same way; else "refuse".
+    missing_audio: str = "refuse"
+    seed: int | None = None
+    epoch: int | None = None
+    metrics: dict = field(default_factory=dict)  # dev metrics of this epoch
+    run_id: str | None = None
+    code_version: str | None = None
+    train_config: dict = field(default_factory=dict)  # the training job's resolved options
+    files: dict = field(default_factory=dict)  # name -> {"bytes": int, "sha256": str}; set by save_checkpoint
+    checkpoints: list = field(default_factory=list)  # multi-seed: the seed folders
+    best: str | None = None  # multi-seed: the seed folder with the lowest dev loss
+
+    @property
+    def multiseed(self) -> bool:
+        return self.format == MULTI_FORMAT
+
+    def to_dict(self) -> dict:
+        """The JSON object; unset fields (None, empty) are left out, as meta.json always had them."""
+        return {k: v for k, v in asdict(self).items() if v is not None and v != {} and v != []}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CheckpointMeta":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+
+@dataclass
 class LoadedModel:
     model: CMBert
     tokenizer: object
     config: CMBertConfig
-    meta: dict
+    meta: CheckpointMeta
 
 
 def weights_version(state: dict[str, torch.Tensor]) -> str:
@@ -77,12 +122,15 @@ def _check_file(uri: str, file_uri: str, info: dict, sha256: str, size: int) -> 
         raise CheckpointError(f"checkpoint {uri} is corrupt: {file_uri} does not match the sha256 in meta.json")
 
 
-def save_checkpoint(model, tokenizer, config: CMBertConfig, uri: str, meta: dict) -> dict:
+def save_checkpoint(model, tokenizer, config: CMBertConfig, uri: str, meta: CheckpointMeta) -> CheckpointMeta:
     """Write a checkpoint to ``uri`` (local folder or s3://...). Returns the meta.json written.
 
-    ``meta`` should carry feature_set, feature_dim, model_id, seed, epoch and metrics; model_version (the
-    weights' content hash), the file list and the format are added here.
+    ``meta`` carries what the model was trained on (feature_set, feature_dim, model_id, seed, epoch, metrics);
+    model_version (the weights' content hash), the file list and the format are set here.
     """
+    if config.encoder_config is None:  # config.json must rebuild the encoder without its pretrained weights
+        raise ValueError("the config has no encoder_config: save the model's own (model.config, filled in by "
+                         "build_model)")
     model = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with tempfile.TemporaryDirectory(prefix="cmbert-ckpt-") as stage:
@@ -95,9 +143,10 @@ def save_checkpoint(model, tokenizer, config: CMBertConfig, uri: str, meta: dict
             path = os.path.join(stage, name)
             if os.path.isfile(path):
                 files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256_file(path)}
-        full_meta = dict(meta) | {"format": FORMAT, "model_version": weights_version(state), "files": files}
+        full_meta = replace(meta, format=FORMAT, model_version=weights_version(state), files=files,
+                            checkpoints=[], best=None)
         with open(os.path.join(stage, META), "w") as f:
-            json.dump(full_meta, f, indent=2, sort_keys=True, default=str)
+            json.dump(full_meta.to_dict(), f, indent=2, sort_keys=True, default=str)
         publish_dir(pafs.LocalFileSystem(), stage, uri)
     return full_meta
 
@@ -128,10 +177,13 @@ def publish_dir(src_fs: pafs.FileSystem, src_path: str, uri: str, skip: tuple[st
         raise explain(exc, uri, "write checkpoint to") from None
 
 
-def write_multiseed_meta(uri: str, meta: dict) -> None:
+def write_multiseed_meta(uri: str, meta: CheckpointMeta) -> None:
     """The top-level meta.json of a multi-seed output: ``checkpoints`` (sub-folders) and ``best`` (one of them)."""
+    if not meta.checkpoints or meta.best not in meta.checkpoints:
+        raise ValueError(f"a multi-seed meta.json names its checkpoints and the best of them, not {meta.best!r}")
     dest = locate(uri)
-    body = json.dumps(dict(meta) | {"format": MULTI_FORMAT}, indent=2, sort_keys=True, default=str).encode()
+    body = json.dumps(replace(meta, format=MULTI_FORMAT, files={}).to_dict(), indent=2, sort_keys=True,
+                      default=str).encode()
     try:
         dest.fs.create_dir(dest.path, recursive=True)
         with dest.fs.open_output_stream(dest.join(META).path) as f:
@@ -140,7 +192,8 @@ def write_multiseed_meta(uri: str, meta: dict) -> None:
         raise explain(exc, uri, "write checkpoint to") from None
 
 
-def read_meta(uri: str) -> dict:
+def read_meta(uri: str) -> CheckpointMeta:
+    """The meta.json of a checkpoint or of a multi-seed output (CheckpointError when absent or not ours)."""
     loc = locate(uri).join(META)
     try:
         with loc.fs.open_input_stream(loc.path) as f:
@@ -154,26 +207,36 @@ def read_meta(uri: str) -> dict:
         meta = json.loads(data)
     except ValueError:
         raise CheckpointError(f"checkpoint {uri} is corrupt: {loc.uri} is not valid JSON") from None
-    if meta.get("format") not in (FORMAT, MULTI_FORMAT):
-        raise CheckpointError(f"{uri} is not a cmbert checkpoint (format {meta.get('format')!r} in {loc.uri})")
-    return meta
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, MULTI_FORMAT):
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{uri} is not a cmbert checkpoint (format {found!r} in {loc.uri})")
+    return CheckpointMeta.from_dict(meta)
 
 
 def seed_checkpoints(uri: str) -> list[str]:
     """The checkpoint URIs under ``uri``: every seed of a multi-seed output, or ``uri`` itself."""
     meta = read_meta(uri)
-    if meta["format"] == MULTI_FORMAT:
-        return [locate(uri).join(name).uri for name in meta["checkpoints"]]
+    if meta.multiseed:
+        return [locate(uri).join(name).uri for name in meta.checkpoints]
     return [uri]
 
 
-def verify_checkpoint(uri: str) -> dict:
+def best_checkpoint(uri: str) -> tuple[str, CheckpointMeta]:
+    """(URI, meta) of the one checkpoint ``uri`` names: itself, or the best seed of a multi-seed output."""
+    meta = read_meta(uri)
+    if meta.multiseed:
+        uri = locate(uri).join(meta.best).uri
+        meta = read_meta(uri)
+    return uri, meta
+
+
+def verify_checkpoint(uri: str) -> CheckpointMeta:
     """Check, without loading the model, that every file meta.json lists is there, whole and unchanged (size and
     sha256); returns the meta. For a job's driver: a damaged checkpoint is refused in one line before any work,
     instead of failing inside every worker that loads it. ``uri`` is one checkpoint, not a multi-seed output."""
     meta = read_meta(uri)
     src = locate(uri)
-    for name, info in sorted(meta.get("files", {}).items()):
+    for name, info in sorted(meta.files.items()):
         loc = src.join(name)
         try:
             with loc.fs.open_input_stream(loc.path) as f:
@@ -188,12 +251,10 @@ def verify_checkpoint(uri: str) -> dict:
 
 def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a checkpoint (the best seed of a multi-seed output) in eval mode. No pretrained weights needed."""
-    meta = read_meta(uri)
-    if meta["format"] == MULTI_FORMAT:
-        return load_checkpoint(locate(uri).join(meta["best"]).uri, device)
+    uri, meta = best_checkpoint(uri)
     src = locate(uri)
     with tempfile.TemporaryDirectory(prefix="cmbert-load-") as local:
-        for name, info in sorted(meta["files"].items()):
+        for name, info in sorted(meta.files.items()):
             path = os.path.join(local, name)
             try:
                 pafs.copy_files(src.join(name).path, path, source_filesystem=src.fs,
@@ -224,3 +285,57 @@ def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> LoadedModel
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, meta=meta)
 
+
+
+# ---------------------------------------------------------------- what scoring needs, without the weights
+
+
+@dataclass
+class ModelInfo:
+    checkpoint: str  # the single checkpoint scored with (the best seed of a multi-seed output)
+    model_id: str
+    model_version: str
+    audio: "ModelAudio"  # noqa: F821 (cmbert.scoring.ModelAudio)
+
+
+def read_model_info(checkpoint: str) -> ModelInfo:
+    """What scoring needs from a checkpoint, from its meta.json and config.json only (no weights read here)."""
+    from cmbert.scoring import ModelAudio
+
+    checkpoint, meta = best_checkpoint(checkpoint)
+    loc = locate(checkpoint).join(CONFIG)
+    try:
+        with loc.fs.open_input_stream(loc.path) as f:
+            config = CMBertConfig.from_dict(json.loads(f.read()))
+    except OSError as exc:
+        raise explain(exc, loc.uri, "read") from None
+    return ModelInfo(checkpoint, str(meta.model_id or "cmbert"), str(meta.model_version),
+                     ModelAudio.from_meta(meta.to_dict(), config))
+
+
+# ---------------------------------------------------------------- the optimizer's state (epoch checkpoints)
+
+
+def save_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    """Adam's moments as safetensors (keyed by parameter name) and the epoch, beside the checkpoint's weights in
+    the local folder ``path``."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {}
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            tensors[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    save_file(tensors, os.path.join(path, TRAIN_STATE_FILES[0]))
+    with open(os.path.join(path, TRAIN_STATE_FILES[1]), "w") as f:
+        json.dump({"epoch": epoch}, f)
+
+
+def load_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Restore weights and Adam's state from the local epoch checkpoint ``path``; returns the epoch it finished."""
+    model.load_state_dict(load_file(os.path.join(path, WEIGHTS)), strict=True)
+    params = dict(model.named_parameters())
+    for key, value in load_file(os.path.join(path, TRAIN_STATE_FILES[0])).items():
+        name, slot = key.split("::")
+        p = params[name]
+        optimizer.state[p][slot] = value if slot == "step" else value.to(p.device)
+    with open(os.path.join(path, TRAIN_STATE_FILES[1])) as f:
+        return int(json.load(f)["epoch"])

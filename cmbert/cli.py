@@ -42,3 +42,18 @@ def _base_type(hint):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0]
     return hint
+
+
+def option(source, name: str, **metadata):
+    """A job config field whose default is the field ``name`` of the dataclass ``source``: the option keeps its
+    one default there (e.g. a model option's in CMBertConfig), and the job adds only the flag's help."""
+    f = next(f for f in dataclasses.fields(source) if f.name == name)
+    if f.default is dataclasses.MISSING:
+        raise TypeError(f"{source.__name__}.{name} has no plain default to share")
+    return dataclasses.field(default=f.default, metadata=metadata)
+
+
+def shared_fields(cfg, target) -> dict:
+    """The values of ``cfg``'s fields that the dataclass ``target`` also has, by name (no hand mapping)."""
+    names = {f.name for f in dataclasses.fields(target)}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in names}

@@ -10,7 +10,7 @@ the comment at the spot says which one this file follows.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +26,13 @@ class CMBertConfig:
     # (random weights, e.g. tiny test models, or weights that a checkpoint then loads); None -> pretrained weights.
     encoder_config: dict | None = None
     fusion: str = "cmbert"  # cmbert | none (none = T-BERT: the encoder's [CLS] -> linear)
-    cls_audio: str = "zero"  # zero: paper, audio cannot reach the score | mean: mean word audio at [CLS]
+    # The defaults are the shipped model, our hearing variant; the paper's CM-BERT is ``PAPER`` (below):
+    # cls_audio="zero", audio_values=False (and a fusion lr of 0.01, cmbert/training.py).
+    cls_audio: str = "mean"  # zero: paper, audio cannot reach the score | mean: mean word audio at [CLS]
     # Ours, off in the paper: the attention's values carry the audio too, X_att = W_m (X_t + A V_a), so the
     # voice reaches [CLS] as content, not only as attention weights over text vectors. V_a starts at zero:
     # an untrained model is exactly the paper's.
-    audio_values: bool = False
+    audio_values: bool = True
     audio_dim: int = 25  # Da; eGeMAPSv02 LLDs are 25. Set from the data by the training job.
     proj_dim: int = 30  # D: both modalities are projected to 30 in the authors' code
     text_kernel: int = 1  # Conv1D kernel sizes (odd). >1 lets neighbouring audio leak into [CLS].
@@ -67,6 +69,9 @@ class CMBertConfig:
     def from_dict(cls, data: dict) -> "CMBertConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+PAPER = {"cls_audio": "zero", "audio_values": False}  # CMBertConfig(**PAPER): the paper's model, deaf at [CLS]
 
 
 @dataclass
@@ -217,8 +222,10 @@ class CMBert(nn.Module):
 # ---------------------------------------------------------------- building the encoder
 
 
-def build_encoder(config: CMBertConfig) -> nn.Module:
-    """Pretrained weights when ``config.encoder_config`` is None (then it is filled in), else a bare encoder."""
+def build_encoder(config: CMBertConfig) -> tuple[nn.Module, CMBertConfig]:
+    """The encoder and the config it fits: pretrained weights when ``config.encoder_config`` is None (the
+    returned config then carries the encoder's, so a checkpoint rebuilds it without the weights), else a bare
+    encoder from ``encoder_config``. ``config`` itself is not changed."""
     from transformers import AutoConfig, AutoModel
 
     if config.encoder_config is None:
@@ -229,18 +236,19 @@ def build_encoder(config: CMBertConfig) -> nn.Module:
             # CM-BERT never uses the pooler (and DDP dislikes unused weights). Loaded, then dropped: loading the
             # model without it would print transformers' LOAD REPORT of "unexpected" pooler weights in every worker.
             encoder.pooler = None
-        config.encoder_config = encoder.config.to_dict()
-        return encoder
+        return encoder, replace(config, encoder_config=encoder.config.to_dict())
     data = dict(config.encoder_config)
     encoder_config = AutoConfig.for_model(data.pop("model_type", "bert"), **data)
     try:
-        return AutoModel.from_config(encoder_config, add_pooling_layer=False)
+        return AutoModel.from_config(encoder_config, add_pooling_layer=False), config
     except TypeError:
-        return AutoModel.from_config(encoder_config)
+        return AutoModel.from_config(encoder_config), config
 
 
 def build_model(config: CMBertConfig) -> CMBert:
-    return CMBert(config, build_encoder(config))
+    """CM-BERT on its encoder; ``model.config`` is the filled config (``build_encoder``): save that one."""
+    encoder, filled = build_encoder(config)
+    return CMBert(filled, encoder)
 
 
 def load_tokenizer(config: CMBertConfig):

@@ -4,12 +4,13 @@ import os
 import pytest
 import torch
 
-from cmbert.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, seed_checkpoints, write_multiseed_meta
+from cmbert.checkpoint import (CheckpointError, CheckpointMeta, load_checkpoint, read_meta, save_checkpoint,
+                               seed_checkpoints, write_multiseed_meta)
 from cmbert.collate import collate
 from cmbert.model import CMBertConfig, build_model, load_tokenizer
 from cmbert_tiny import tiny_encoder_config, tiny_rows
 
-META = {"feature_set": "gen", "feature_dim": 4, "model_id": "tiny", "seed": 1, "epoch": 0, "metrics": {"mae": 1.0}}
+META = CheckpointMeta(feature_set="gen", feature_dim=4, model_id="tiny", seed=1, epoch=0, metrics={"mae": 1.0})
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +26,15 @@ def saved(tmp_path_factory):
 
 def test_round_trip(saved):
     model, tok, config, path, meta = saved
-    assert sorted(os.listdir(path)) == sorted(list(meta["files"]) + ["meta.json"])
+    assert sorted(os.listdir(path)) == sorted(list(meta.files) + ["meta.json"])
     lm = load_checkpoint(path)
     assert {k: v for k, v in lm.config.to_dict().items() if k != "encoder_config"} == \
         {k: v for k, v in config.to_dict().items() if k != "encoder_config"}
     assert lm.config.encoder_config["hidden_size"] == 32  # rebuilt from config.json, no pretrained weights
     for key in ("feature_set", "feature_dim", "model_id", "model_version", "seed", "epoch", "metrics"):
-        assert key in lm.meta
-    assert len(lm.meta["model_version"]) == 16
+        assert key in lm.meta.to_dict()
+    assert len(lm.meta.model_version) == 16
+    assert lm.meta == meta == read_meta(path)  # what save_checkpoint returns is what meta.json holds
     batch = collate(tiny_rows(4), lm.tokenizer, lm.config.max_len, lm.config.audio_dim)
     args = {k: batch[k] for k in ("input_ids", "attention_mask", "audio")}
     assert torch.equal(lm.model(**args).score, model(**args).score)
@@ -41,10 +43,11 @@ def test_round_trip(saved):
 def test_multiseed_top_level_loads_best(saved, tmp_path):
     _, tok, config, path, meta = saved
     top = os.path.dirname(path)
-    write_multiseed_meta(top, {"checkpoints": ["seed-1"], "best": "seed-1"} |
-                         {k: meta[k] for k in ("feature_set", "feature_dim", "model_id", "model_version")})
+    write_multiseed_meta(top, CheckpointMeta(checkpoints=["seed-1"], best="seed-1", feature_set=meta.feature_set,
+                                             feature_dim=meta.feature_dim, model_id=meta.model_id,
+                                             model_version=meta.model_version))
     assert seed_checkpoints(top) == [os.path.join(top, "seed-1")]
-    assert load_checkpoint(top).meta["model_version"] == meta["model_version"]
+    assert load_checkpoint(top).meta.model_version == meta.model_version
 
 
 def test_missing_checkpoint_names_path(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cmbert import encoders
-from cmbert.checkpoint import load_checkpoint, save_checkpoint
+from cmbert.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from cmbert.collate import collate
 from cmbert.encoders import EncoderMissing, assemble, resolve_encoder
 from cmbert.model import CMBertConfig, build_model, load_tokenizer
@@ -115,8 +115,8 @@ def test_mpnet_checkpoint_loads_without_the_encoder_installed(tmp_path, monkeypa
     config = CMBertConfig(encoder="minilm", encoder_config=tiny_mpnet_config(), audio_dim=4)
     model, tok = build_model(config).eval(), load_tokenizer(config)
     config.encoder = "mpnet"  # as jobs/train.py records it
-    save_checkpoint(model, tok, config, str(tmp_path / "ckpt"), {"feature_set": "gen", "feature_dim": 4,
-                                                                 "model_id": "tiny-mpnet", "seed": 1, "epoch": 0})
+    save_checkpoint(model, tok, config, str(tmp_path / "ckpt"), CheckpointMeta(feature_set="gen", feature_dim=4,
+                                                                               model_id="tiny-mpnet", seed=1, epoch=0))
     monkeypatch.setenv("CMBERT_CACHE", str(tmp_path / "empty-cache"))
     lm = load_checkpoint(str(tmp_path / "ckpt"))
     assert lm.config.encoder == "mpnet" and lm.config.encoder_config["model_type"] == "mpnet"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cmbert.model import CMBertConfig, build_model, scale_by_sqrt_norm
+from cmbert.model import PAPER, CMBertConfig, build_model, scale_by_sqrt_norm
 from cmbert_tiny import tiny_encoder_config
 
 B, T, DA = 3, 9, 5
@@ -59,7 +59,7 @@ def test_padding_does_not_change_output():
 
 
 def test_paper_mode_ignores_audio_bit_for_bit():
-    model = make_model(cls_audio="zero")
+    model = make_model(**PAPER)
     ids, mask, audio = make_batch()
     ref = model(input_ids=ids, attention_mask=mask, audio=audio)
     noise = torch.randn(B, T, DA) * 10  # noise everywhere, [CLS] included: the model zeroes [CLS] itself
@@ -112,7 +112,7 @@ def test_audio_standardised_with_training_stats_and_paper_mode_still_deaf():
     expected = (audio - torch.tensor(mean)) / torch.tensor(std)
     torch.testing.assert_close(scaled[real], expected[real])
     assert (scaled[~real] == 0).all()
-    paper = make_model(cls_audio="zero", audio_mean=mean, audio_std=std)
+    paper = make_model(**PAPER, audio_mean=mean, audio_std=std)
     ref = paper(input_ids=ids, attention_mask=mask, audio=audio).score
     out = paper(input_ids=ids, attention_mask=mask, audio=torch.randn(B, T, DA) * 10).score
     assert torch.equal(out, ref)
@@ -121,7 +121,7 @@ def test_audio_standardised_with_training_stats_and_paper_mode_still_deaf():
 
 
 def test_audio_values_start_as_the_paper_and_then_hear():
-    paper = make_model(cls_audio="zero")
+    paper = make_model(**PAPER)
     values = make_model(cls_audio="zero", audio_values=True)
     ids, mask, audio = make_batch()
     ref = paper(input_ids=ids, attention_mask=mask, audio=audio).score
@@ -140,7 +140,8 @@ def test_audio_values_start_as_the_paper_and_then_hear():
 def test_which_configs_cannot_hear():
     from cmbert.scoring import audio_cannot_change_score
 
-    assert audio_cannot_change_score(CMBertConfig(cls_audio="zero"))
+    assert audio_cannot_change_score(CMBertConfig(**PAPER))
     assert not audio_cannot_change_score(CMBertConfig(cls_audio="zero", audio_values=True))
-    assert not audio_cannot_change_score(CMBertConfig(cls_audio="mean"))
-    assert not audio_cannot_change_score(CMBertConfig(cls_audio="zero", audio_kernel=3))
+    assert not audio_cannot_change_score(CMBertConfig(cls_audio="mean", audio_values=False))
+    assert not audio_cannot_change_score(CMBertConfig(**PAPER, audio_kernel=3))
+    assert not audio_cannot_change_score(CMBertConfig())  # the shipped defaults hear
