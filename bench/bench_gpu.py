@@ -26,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,10 +87,13 @@ class GpuSession:
         self.reports.append(dict(metrics))
 
 
-def loop_config(train_cfg, model_cfg, seed: int, feature_set: str, feature_dim: int) -> dict:
-    return {"train": asdict(train_cfg), "seed": seed, "model": model_cfg.to_dict(), "audio_dim": model_cfg.audio_dim,
-            "feature_set": feature_set, "feature_dim": feature_dim, "model_id": "bench-gpu", "threads": 8,
-            "run_id": "bench-gpu", "code_version": "bench", "missing_audio": "zeros"}
+def loop_config(model_cfg, seed: int, feature_set: str, feature_dim: int, **loop) -> dict:
+    """train_func's config (cmbert.training.TrainLoopConfig); ``loop``: epochs, batch_size, precision, fusion_lr..."""
+    from cmbert.training import TrainLoopConfig
+
+    return TrainLoopConfig(model=model_cfg, seed=seed, feature_set=feature_set, feature_dim=feature_dim,
+                           model_id="bench-gpu", threads=8, run_id="bench-gpu", code_version="bench",
+                           missing_audio="zeros", **loop).to_dict()
 
 
 # ---------------------------------------------------------------- scoring
@@ -177,10 +179,10 @@ def bench_score(encoder: str, peaks: dict, rows_n: int, naive_n: int) -> dict:
 def bench_train(encoder: str, peaks: dict, rows_n: int) -> dict:
     import torch
 
-    import train as train_job
     from bench_train import synthetic_rows, train_flops_per_sample
     from cmbert.collate import token_lengths
     from cmbert.model import CMBertConfig, build_model, load_tokenizer
+    from cmbert.training import train_func
 
     rows = synthetic_rows(rows_n, 12)
     model_cfg = CMBertConfig(encoder=encoder, audio_dim=25, cls_audio="mean", audio_values=True)
@@ -192,10 +194,8 @@ def bench_train(encoder: str, peaks: dict, rows_n: int) -> dict:
     out = {"rows": rows_n, "tokens_mean": tokens, "gflop_per_sample": flops_per_sample / 1e9}
     for precision in ("fp32", "bf16"):
         for bs in (24, 256):
-            cfg = train_job.TrainConfig(train="-", dev="-", output="-", encoder=encoder, cls_audio="mean",
-                                        audio_values=True, epochs=2, batch_size=bs, precision=precision)
             session = GpuSession({"train": rows, "dev": rows[:64]})
-            train_job.train_func(loop_config(cfg, model_cfg, 1, "bench", 25), session)
+            train_func(loop_config(model_cfg, 1, "bench", 25, epochs=2, batch_size=bs, precision=precision), session)
             rate = session.reports[-1]["train_rows_per_s"]  # epoch 2: warm (epoch 1 pays CUDA start-up)
             out[f"{precision}_batch{bs}"] = {"rows_per_s": rate,
                                              "mfu_vs_measured_peak": rate * flops_per_sample / peaks[precision],
@@ -227,30 +227,32 @@ def bench_models(encoder: str, root: str, models: dict, seeds: int, epochs: int,
     """Each model x seed through train_func on the GPU; dev metrics at each seed's lowest-dev-loss epoch."""
     import numpy as np
 
-    import train as train_job
+    from dataclasses import fields
+
+    from cmbert import training
     from cmbert.collate import read_utterances
     from cmbert.model import CMBertConfig
 
     train_table, _ = read_utterances(os.path.join(root, "train", "utterances"))
     dev_table, _ = read_utterances(os.path.join(root, "dev", "utterances"))
-    feature_set, feature_dim = train_job.feature_info(train_table, dev_table)
-    mean, std = train_job.audio_stats(train_table, feature_dim)
+    feature_set, feature_dim = training.feature_info(train_table, dev_table)
+    mean, std = training.audio_stats(train_table, feature_dim)
+    model_fields = {f.name for f in fields(CMBertConfig)}
     rows = {"train": train_table.to_pylist(), "dev": dev_table.to_pylist()}
     out.update({"data": root, "feature_set": feature_set, "feature_dim": feature_dim, "epochs": epochs,
                 "train_rows": len(rows["train"]), "dev_rows": len(rows["dev"]), "models": {}})
     for name, opts in models.items():
         per_seed, t0 = [], time.perf_counter()
-        for seed in train_job.seed_list(seeds):
+        for seed in training.seed_list(seeds):
             if time.perf_counter() > deadline:
                 print(f"[gpu] {name}: time budget spent, seed {seed} not run", flush=True)
                 break
-            cfg = train_job.TrainConfig(train="-", dev="-", output="-", encoder=encoder, epochs=epochs, **opts)
-            model_cfg = CMBertConfig(encoder=encoder, fusion=cfg.fusion, cls_audio=cfg.cls_audio,
-                                     audio_values=cfg.audio_values, audio_dim=max(feature_dim, 1),
-                                     audio_mean=mean, audio_std=std)
+            model_cfg = CMBertConfig(encoder=encoder, audio_dim=max(feature_dim, 1), audio_mean=mean, audio_std=std,
+                                     **{k: v for k, v in opts.items() if k in model_fields})
+            loop = {k: v for k, v in opts.items() if k not in model_fields}
             session = GpuSession(rows)
             ts = time.perf_counter()
-            train_job.train_func(loop_config(cfg, model_cfg, seed, feature_set, feature_dim), session)
+            training.train_func(loop_config(model_cfg, seed, feature_set, feature_dim, epochs=epochs, **loop), session)
             best = min(session.reports, key=lambda m: m["dev_loss"])
             per_seed.append({"seed": seed, "best_epoch": best["epoch"], "seconds": time.perf_counter() - ts,
                              "train_rows_per_s": [m["train_rows_per_s"] for m in session.reports],

@@ -100,15 +100,20 @@ def train_and_evaluate(name: str, seed: int, extra: list[str], train_uri: str, d
     try:
         print(f"[mosi] {name} seed {seed}: train {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
-        summary = train_job.main(argv)
+        if train_job.main(argv):
+            raise SystemExit(f"train {name} seed {seed} failed")
         train_s = time.perf_counter() - t0
     finally:
         train_job.seed_list = original
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        summary = json.load(f)
     t0 = time.perf_counter()
-    result = evaluate_job.main(["--checkpoint", model_dir, "--data", dev_uri, "--output", eval_json])
+    if evaluate_job.main(["--checkpoint", model_dir, "--data", dev_uri, "--output", eval_json]):
+        raise SystemExit(f"evaluate {name} seed {seed} failed")
     eval_s = time.perf_counter() - t0
     with open(eval_json) as f:
-        metrics = json.load(f)["per_seed"][0]["metrics"]
+        result = json.load(f)
+    metrics = result["per_seed"][0]["metrics"]
     return {"seed": seed, "train_argv": argv, "train_s": train_s, "eval_s": eval_s, "metrics": metrics,
             "best_epoch": summary["seeds"][0]["best_epoch"], "n_dev": result["n_rows"],
             "train_rows_per_s": summary["seeds"][0]["train_rows_per_s"],
@@ -153,7 +158,7 @@ def main() -> None:
     t_all = time.perf_counter()
 
     from cmbert.metrics import aggregate
-    from train import seed_list
+    from cmbert.training import seed_list
 
     train_uri, pre_train_s = preprocess("train", args.work, args.reuse)
     dev_uri, pre_dev_s = preprocess("dev", args.work, args.reuse)

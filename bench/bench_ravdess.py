@@ -107,10 +107,14 @@ def train_and_evaluate(name: str, args, split: dict, extra: list[str], reuse: bo
     shutil.rmtree(model_dir, ignore_errors=True)  # fresh run (train.py would otherwise resume from _ray/)
     print(f"[ravdess] {name}: train {' '.join(train_argv)}", flush=True)
     t0 = time.perf_counter()
-    summary = train_job.main(train_argv)
+    if train_job.main(train_argv):
+        raise SystemExit(f"train {name} failed")
     train_s = time.perf_counter() - t0
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        summary = json.load(f)
     t0 = time.perf_counter()
-    evaluate_job.main(eval_argv)  # writes the metrics JSON read below
+    if evaluate_job.main(eval_argv):  # writes the metrics JSON read below
+        raise SystemExit(f"evaluate {name} failed")
     eval_s = time.perf_counter() - t0
     timing = {"train_argv": train_argv, "eval_argv": eval_argv, "train_s": train_s, "eval_s": eval_s,
               "best_epochs": [s["best_epoch"] for s in summary["seeds"]],
@@ -155,7 +159,7 @@ def audio_checks(model_dir: str, dev_uri: str) -> list[dict]:
         for tag, data in (("real", rows), ("shuffled", shuffled), ("no_audio", silent)):
             scores, _ = predict_rows(lm.model, lm.tokenizer, data, lm.config.max_len, lm.config.audio_dim)
             runs[tag] = scores
-        out.append({"seed": lm.meta.get("seed"),
+        out.append({"seed": lm.meta.seed,
                     "non0_acc2_real_audio": non0_acc2(runs["real"], labels),
                     "non0_acc2_shuffled_audio": non0_acc2(runs["shuffled"], labels),
                     "non0_acc2_no_audio": non0_acc2(runs["no_audio"], labels),

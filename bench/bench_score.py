@@ -4,9 +4,9 @@
                                 [--threads 2] [--bf16-rows N] [--skip-ray] [--skip-bf16] [--encoder mpnet|minilm]
 
 Synthetic utterances (5-40 words, uniform; random 25-d word features, feature set egemaps_v02_lld) are built
-through ``cmbert.manifest.Utterance`` and cast to ``schemas.UTTERANCES_SCHEMA``. The model is the default
-CM-BERT (``CMBertConfig(encoder=--encoder)``: the default encoder, all-mpnet-base-v2, unless ``--encoder minilm``;
-paper fusion, max_len 50), saved with
+through ``cmbert.manifest.Utterance`` and cast to ``schemas.UTTERANCES_SCHEMA``. The model is the paper's
+CM-BERT (``CMBertConfig(encoder=--encoder, **PAPER)``: the default encoder, all-mpnet-base-v2, unless ``--encoder
+minilm``; paper fusion, max_len 50), saved with
 ``save_checkpoint`` to a temporary folder and loaded back with ``load_checkpoint``, as the job does.
 
 (a) batched: ``cmbert.scoring.score_rows`` (token lengths -> length buckets -> collate -> forward), the pure
@@ -93,15 +93,14 @@ def make_checkpoint(uri: str, encoder: str | None = None) -> dict:
     """A checkpoint of an untrained CM-BERT on ``encoder`` (default: the default encoder)."""
     import torch
 
-    from cmbert.checkpoint import save_checkpoint
-    from cmbert.model import CMBertConfig, build_model, load_tokenizer
+    from cmbert.checkpoint import CheckpointMeta, save_checkpoint
+    from cmbert.model import PAPER, CMBertConfig, build_model, load_tokenizer
 
     torch.manual_seed(0)
-    cfg = CMBertConfig(audio_dim=AUDIO_DIM, **({"encoder": encoder} if encoder else {}))
+    cfg = CMBertConfig(audio_dim=AUDIO_DIM, **PAPER, **({"encoder": encoder} if encoder else {}))
     model = build_model(cfg)
-    meta = {"feature_set": FEATURE_SET, "feature_dim": AUDIO_DIM, "model_id": "cmbert-bench", "seed": 0,
-            "epoch": 0, "metrics": {}}
-    return save_checkpoint(model, load_tokenizer(cfg), cfg, uri, meta)
+    meta = CheckpointMeta(feature_set=FEATURE_SET, feature_dim=AUDIO_DIM, model_id="cmbert-bench", seed=0, epoch=0)
+    return save_checkpoint(model, load_tokenizer(model.config), model.config, uri, meta)
 
 
 # ---------------------------------------------------------------- FLOPs

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import random
 import shutil
@@ -115,10 +116,14 @@ def ray_train(encoder: str, rows: list[dict], workers: int, threads: int, flops:
         write_table(pa.Table.from_pylist(rows, schema=UTTERANCES_SCHEMA), f"{tmp}/train", UTTERANCES_SCHEMA)
         write_table(pa.Table.from_pylist(rows[:24], schema=UTTERANCES_SCHEMA), f"{tmp}/dev", UTTERANCES_SCHEMA)
         t0 = time.perf_counter()
-        s = train.main(["--train", f"{tmp}/train", "--dev", f"{tmp}/dev", "--output", f"{tmp}/out", "--encoder",
-                        encoder, "--epochs", str(epochs), "--workers", str(workers), "--threads-per-worker",
-                        str(threads)])
+        code = train.main(["--train", f"{tmp}/train", "--dev", f"{tmp}/dev", "--output", f"{tmp}/out", "--encoder",
+                           encoder, "--epochs", str(epochs), "--workers", str(workers), "--threads-per-worker",
+                           str(threads)])
         fit_s = time.perf_counter() - t0
+        if code:
+            raise SystemExit(f"train failed with {code}")
+        with open(f"{tmp}/out/summary.json") as f:
+            s = json.load(f)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     sps = s["seeds"][0]["train_rows_per_s_last_epoch"] or s["seeds"][0]["train_rows_per_s"]

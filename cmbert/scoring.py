@@ -348,11 +348,11 @@ class ScoreStage:
         local = materialize_checkpoint(options.checkpoint, options.checkpoint_fs, options.checkpoint_path,
                                        options.stamp.model_version)
         lm = load_checkpoint(local)
-        if lm.meta["model_version"] != options.stamp.model_version:  # replaced since the driver planned the run
+        if lm.meta.model_version != options.stamp.model_version:  # replaced since the driver planned the run
             raise RuntimeError(f"checkpoint {options.checkpoint} changed during the run "
-                               f"({options.stamp.model_version} -> {lm.meta['model_version']}); run again")
+                               f"({options.stamp.model_version} -> {lm.meta.model_version}); run again")
         lm.model.to(options.device).eval()
-        self.audio = ModelAudio.from_meta(lm.meta, lm.config)
+        self.audio = ModelAudio.from_meta(lm.meta.to_dict(), lm.config)
         self.scorer = Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate,
                              options.device, options.batch_size, token_lengths, options.precision)
 

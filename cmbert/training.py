@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import ContextManager, Protocol
@@ -24,6 +22,7 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
+from cmbert import storage
 from cmbert.checkpoint import CheckpointMeta, load_train_state, save_checkpoint, save_train_state
 from cmbert.collate import UtteranceInput, collate, predict_rows
 from cmbert.encoders import MINILM, MPNET
@@ -198,23 +197,22 @@ def train_func(config: dict, session: Session | None = None) -> None:
 
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "train_rows_per_s":
                    n_seen * world / (time.perf_counter() - t0)}
-        checkpoint_dir = None
-        if rank == 0:
-            preds, _ = predict_rows(model, tokenizer, dev_rows, max_len, audio_dim, device=device)
-            labels = np.array([u.label for u in dev_rows], dtype=np.float64)
-            ok = np.isfinite(labels)
-            metrics["dev_loss"] = float(np.mean((preds[ok] - labels[ok]) ** 2)) if ok.any() else math.nan
-            metrics |= {f"dev_{k}": v for k, v in regression_metrics(preds, labels).items()}
-            checkpoint_dir = tempfile.mkdtemp(prefix="cmbert-epoch-")
-            save_checkpoint(model, tokenizer, model_cfg, checkpoint_dir, CheckpointMeta(
-                feature_set=cfg.feature_set, feature_dim=cfg.feature_dim, model_id=cfg.model_id, seed=seed,
-                epoch=epoch, missing_audio=cfg.missing_audio,
-                metrics=json_safe({k: v for k, v in metrics.items() if k.startswith("dev_")}),
-                run_id=cfg.run_id, code_version=cfg.code_version, train_config=cfg.train_config))
-            save_train_state(checkpoint_dir, model, optimizer, epoch)
-        session.report(metrics, checkpoint_dir, name=f"epoch-{epoch:03d}")
-        if checkpoint_dir:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        with storage.scratch_dir(prefix="cmbert-epoch-") as scratch:  # removed once reported (Ray copied it)
+            checkpoint_dir = None
+            if rank == 0:
+                preds, _ = predict_rows(model, tokenizer, dev_rows, max_len, audio_dim, device=device)
+                labels = np.array([u.label for u in dev_rows], dtype=np.float64)
+                ok = np.isfinite(labels)
+                metrics["dev_loss"] = float(np.mean((preds[ok] - labels[ok]) ** 2)) if ok.any() else math.nan
+                metrics |= {f"dev_{k}": v for k, v in regression_metrics(preds, labels).items()}
+                checkpoint_dir = scratch
+                save_checkpoint(model, tokenizer, model_cfg, checkpoint_dir, CheckpointMeta(
+                    feature_set=cfg.feature_set, feature_dim=cfg.feature_dim, model_id=cfg.model_id, seed=seed,
+                    epoch=epoch, missing_audio=cfg.missing_audio,
+                    metrics=json_safe({k: v for k, v in metrics.items() if k.startswith("dev_")}),
+                    run_id=cfg.run_id, code_version=cfg.code_version, train_config=cfg.train_config))
+                save_train_state(checkpoint_dir, model, optimizer, epoch)
+            session.report(metrics, checkpoint_dir, name=f"epoch-{epoch:03d}")
 
 
 # ---------------------------------------------------------------- what the job derives from the data

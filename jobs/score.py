@@ -68,31 +68,7 @@ def line(tally: Tally) -> str:
 # ---------------------------------------------------------------- what to score
 
 
-@dataclass
-class ModelInfo:
-    checkpoint: str  # the single checkpoint scored with (the best seed of a multi-seed output)
-    model_id: str
-    model_version: str
-    audio: ModelAudio
-
-
-def read_model_info(checkpoint: str) -> ModelInfo:
-    """What scoring needs from a checkpoint, from its meta.json and config.json only (no weights read here)."""
-    from cmbert.checkpoint import CONFIG, MULTI_FORMAT, read_meta
-    from cmbert.model import CMBertConfig
-
-    meta = read_meta(checkpoint)
-    if meta["format"] == MULTI_FORMAT:
-        checkpoint = storage.locate(checkpoint).join(meta["best"]).uri
-        meta = read_meta(checkpoint)
-    loc = storage.locate(checkpoint).join(CONFIG)
-    try:
-        with loc.fs.open_input_stream(loc.path) as f:
-            config = CMBertConfig.from_dict(json.loads(f.read()))
-    except OSError as exc:
-        raise storage.explain(exc, loc.uri, "read") from None
-    return ModelInfo(checkpoint, str(meta.get("model_id") or "cmbert"), str(meta["model_version"]),
-                     ModelAudio.from_meta(meta, config))
+from cmbert.checkpoint import ModelInfo, read_model_info  # noqa: E402,F401  (moved there)
 
 
 INDEX_COLUMNS = ["utterance_id", "audio_present", "feature_set", "feature_dim"]

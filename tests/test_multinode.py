@@ -139,7 +139,7 @@ def test_preprocess_then_score_s3_with_a_worker_node_removed_mid_run(cluster, s3
     scores = pl.from_arrow(storage.read_table(f"s3://{bucket}/scored/scores", SCORES_SCHEMA))
     assert scores.height == n_utt and scores["utterance_id"].n_unique() == n_utt  # none lost, none twice
     assert set(scores["utterance_id"]) == set(utt["utterance_id"])
-    assert set(scores["model_version"]) == {meta["model_version"]}
+    assert set(scores["model_version"]) == {meta.model_version}
     assert score_job.main(sargv) == 0  # a rerun adds nothing
     assert storage.read_table(f"s3://{bucket}/scored/scores", SCORES_SCHEMA).num_rows == n_utt
     runs = storage.read_table(f"s3://{bucket}/scored/runs", RUNS_SCHEMA).to_pylist()
@@ -178,7 +178,8 @@ def test_training_two_workers_on_two_nodes_resumes_after_a_node_is_removed_mid_e
                 "--epochs", "3", "--workers", "2", "--batch-size", "8", "--cpus-per-worker", "1",
                 "--max-failures", "1", "--cls-audio", "mean"]
 
-    straight = train.main(argv(str(tmp_path / "straight")))
+    assert train.main(argv(str(tmp_path / "straight"))) == 0
+    straight = storage.read_json(str(tmp_path / "straight" / "summary.json"))
     out = tmp_path / "resumed"
     head = ray.get_runtime_context().get_node_id()
     by_id = {w.node_id: w for w in workers}
@@ -207,12 +208,13 @@ def test_training_two_workers_on_two_nodes_resumes_after_a_node_is_removed_mid_e
     killer = Killer(c, None, epoch0_saved)
     killer.start()
     try:
-        resumed = train.main(argv(str(out)))
+        assert train.main(argv(str(out))) == 0
         ended = time.monotonic()
     finally:
         killer.finished.set()
         killer.join()
     assert killer.removed_at is not None and killer.removed_at < ended, "no node was removed mid-run"
+    resumed = storage.read_json(str(out / "summary.json"))
     a, b = straight["seeds"][0], resumed["seeds"][0]
     assert a["best_epoch"] == b["best_epoch"]
     for k, v in a["dev"].items():

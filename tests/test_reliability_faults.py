@@ -79,7 +79,7 @@ def expected_scores(ckpt: str, rows: list[dict]) -> dict[str, float]:
     import torch
 
     assert not os.environ.get(faults.ENV)  # ScoreStage runs the kill point: never arm it in the test process
-    stamp = ScoreStamp("cmbert-tiny", read_meta(ckpt)["model_version"], "expected", SCORE_DATE)
+    stamp = ScoreStamp("cmbert-tiny", read_meta(ckpt).model_version, "expected", SCORE_DATE)
     threads = torch.get_num_threads()  # ScoreStage sets the process's torch threads (for its actor)
     try:
         out = ScoreStage(StageOptions(checkpoint=ckpt, stamp=stamp, batch_size=8))(
@@ -309,9 +309,9 @@ def test_training_interrupted_mid_epoch_resumes_to_the_same_result():
     from safetensors.torch import load_file
 
     from cmbert_tiny import tiny_rows
-    from test_train import LocalSession, load_job, loop_config
+    from cmbert import training as train
+    from test_train import LocalSession, loop_config
 
-    train = load_job("train")
     data = {"train": tiny_rows(48, seed=0), "dev": tiny_rows(16, seed=1)}  # 6 steps per epoch at batch 8
 
     class DiesMidEpoch(LocalSession):

@@ -41,15 +41,16 @@ def make_checkpoint(uri: str, feature_set: str = FEATURES, feature_dim: int = DI
     import torch
     from transformers import BertConfig
 
-    from cmbert.checkpoint import save_checkpoint
-    from cmbert.model import CMBertConfig, build_model, load_tokenizer
+    from cmbert.checkpoint import CheckpointMeta, save_checkpoint
+    from cmbert.model import PAPER, CMBertConfig, build_model, load_tokenizer
 
     torch.manual_seed(0)
     encoder = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=64).to_dict()
-    cfg = CMBertConfig(encoder="minilm", encoder_config=encoder, audio_dim=max(feature_dim, 1), max_len=32, **config)
+    cfg = CMBertConfig(encoder="minilm", encoder_config=encoder, audio_dim=max(feature_dim, 1), max_len=32,
+                       **(PAPER | config))  # the paper's model unless the test says otherwise
     model = build_model(cfg)
-    meta = {"feature_set": feature_set, "feature_dim": feature_dim, "model_id": "cmbert-tiny", "seed": 0}
+    meta = CheckpointMeta(feature_set=feature_set, feature_dim=feature_dim, model_id="cmbert-tiny", seed=0)
     return save_checkpoint(model, load_tokenizer(cfg), cfg, uri, meta)
 
 
@@ -131,13 +132,13 @@ def test_local_exactly_once_and_incremental(ray_local, checkpoint, tmp_path, mon
     first = first[:18]
     assert sorted(scores.column("utterance_id").to_pylist()) == sorted(r["utterance_id"] for r in first)
     files = list(Path(out, "scores").rglob("*.parquet"))
-    assert files and all(f.parent.name == f"model_version={meta['model_version']}" for f in files)
+    assert files and all(f.parent.name == f"model_version={meta.model_version}" for f in files)
     assert all(f.parent.parent.name == f"score_date={SCORE_DATE}" for f in files)
     s = np.array(scores.column("score").to_pylist())
     assert np.all((s >= -3) & (s <= 3))
     assert scores.column("label7").to_pylist() == [int(np.round(x)) for x in s]
     assert scores.column("polarity").to_pylist() == ["positive" if x >= 0 else "negative" for x in s]
-    assert set(scores.column("model_version").to_pylist()) == {meta["model_version"]}
+    assert set(scores.column("model_version").to_pylist()) == {meta.model_version}
     assert set(scores.column("model_id").to_pylist()) == {"cmbert-tiny"}
     by_id = {r["utterance_id"]: r for r in scores.to_pylist()}
     for row in first:  # the row-to-score association survived length bucketing
@@ -159,7 +160,7 @@ def test_local_exactly_once_and_incremental(ray_local, checkpoint, tmp_path, mon
     assert [r["status"] for r in runs] == ["failed", "succeeded", "succeeded", "succeeded"]
     assert [(r["n_input"], r["n_output"], r["n_skipped"], r["n_rejected"]) for r in runs[1:]] == [
         (20, 18, 0, 2), (20, 0, 18, 2), (26, 6, 18, 2)]
-    assert all(r["model_version"] == meta["model_version"] and r["job"] == "score" for r in runs)
+    assert all(r["model_version"] == meta.model_version and r["job"] == "score" for r in runs)
     config = json.loads(runs[-1]["config_json"])
     assert config["checkpoint"] == ckpt and config["batch_size"] == 8
     # the same scores from the same weights: the checkpoint's model version is the exactly-once key

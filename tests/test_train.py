@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cmbert import storage
 from cmbert.checkpoint import load_checkpoint
 from cmbert.model import CMBertConfig
 from cmbert.training import TrainLoopConfig, train_func
@@ -127,25 +128,26 @@ def dataset(tmp_path_factory):
 def test_train_job_with_ray_then_evaluate(ray_local, dataset, tmp_path):
     train, evaluate = load_job("train"), load_job("evaluate")
     out = str(tmp_path / "model")
-    summary = train.main(["--train", dataset[0], "--dev", dataset[1], "--output", out, "--encoder",
-                          tiny_encoder_dir(), "--epochs", "1", "--workers", "1", "--batch-size", "8",
-                          "--cls-audio", "mean"])
+    assert train.main(["--train", dataset[0], "--dev", dataset[1], "--output", out, "--encoder",
+                       tiny_encoder_dir(), "--epochs", "1", "--workers", "1", "--batch-size", "8",
+                       "--cls-audio", "mean"]) == 0
+    summary = storage.read_json(os.path.join(out, "summary.json"))
     assert summary["feature_set"] == "gen" and summary["feature_dim"] == 4
     assert os.path.exists(os.path.join(out, "summary.json")) and os.listdir(os.path.join(out, "runs"))
     lm = load_checkpoint(out)  # the top level loads the best seed
-    assert lm.meta["feature_set"] == "gen" and lm.config.audio_dim == 4 and lm.meta["model_id"]
-    assert lm.meta["missing_audio"] == "zeros"  # the training set had text-only rows
+    assert lm.meta.feature_set == "gen" and lm.config.audio_dim == 4 and lm.meta.model_id
+    assert lm.meta.missing_audio == "zeros"  # the training set had text-only rows
     assert not os.path.exists(os.path.join(out, "seed-1", "optimizer.safetensors"))
 
     metrics_path = str(tmp_path / "metrics.json")
     heatmaps = str(tmp_path / "heatmaps")
-    result = evaluate.main(["--checkpoint", out, "--data", dataset[1], "--output", metrics_path,
-                            "--heatmaps", heatmaps, "--heatmap-count", "2"])
+    assert evaluate.main(["--checkpoint", out, "--data", dataset[1], "--output", metrics_path,
+                          "--heatmaps", heatmaps, "--heatmap-count", "2"]) == 0
     with open(metrics_path) as f:
         saved = json.load(f)
     assert saved["n_rows"] == 12 and len(saved["per_seed"]) == 1
     assert set(saved["mean_std"]) >= {"has0_acc2", "non0_f1", "mae", "corr", "acc7", "acc5"}
-    assert len(result["heatmaps"]) == 2 and all(open(p, "rb").read(4) == b"\x89PNG" for p in result["heatmaps"])
+    assert len(saved["heatmaps"]) == 2 and all(open(p, "rb").read(4) == b"\x89PNG" for p in saved["heatmaps"])
     # the dev metrics recorded at training time are what evaluate computes on the same data
     assert saved["per_seed"][0]["metrics"]["mae"] == pytest.approx(summary["seeds"][0]["dev"]["mae"], rel=1e-5)
 
@@ -153,32 +155,33 @@ def test_train_job_with_ray_then_evaluate(ray_local, dataset, tmp_path):
 def test_train_job_two_workers(ray_local, dataset, tmp_path):
     train = load_job("train")
     out = str(tmp_path / "model2")
-    summary = train.main(["--train", dataset[0], "--dev", dataset[1], "--output", out, "--encoder",
-                          tiny_encoder_dir(), "--epochs", "1", "--workers", "2", "--batch-size", "8",
-                          "--fusion", "none", "--cpus-per-worker", "0.5"])  # fits beside other tests' actors
+    assert train.main(["--train", dataset[0], "--dev", dataset[1], "--output", out, "--encoder",
+                       tiny_encoder_dir(), "--epochs", "1", "--workers", "2", "--batch-size", "8",
+                       "--fusion", "none", "--cpus-per-worker", "0.5"]) == 0  # fits beside other tests' actors
+    summary = storage.read_json(os.path.join(out, "summary.json"))
     assert summary["seeds"][0]["best_epoch"] == 0
     assert load_checkpoint(out).config.fusion == "none"
 
 
 def test_evaluate_several_seeds(dataset, tmp_path):
     """A multi-seed output (built directly, no Ray): metrics per seed plus mean and std."""
-    from cmbert.checkpoint import save_checkpoint, write_multiseed_meta
+    from cmbert.checkpoint import CheckpointMeta, save_checkpoint, write_multiseed_meta
     from cmbert.model import build_model, load_tokenizer
 
     out = str(tmp_path / "multi")
     for seed in (1, 11):
         torch.manual_seed(seed)
-        config = CMBertConfig(encoder=tiny_encoder_dir(), audio_dim=4)
-        meta = save_checkpoint(build_model(config), load_tokenizer(config), config, os.path.join(out, f"seed-{seed}"),
-                               {"feature_set": "gen", "feature_dim": 4, "model_id": "tiny", "seed": seed})
-    write_multiseed_meta(out, {"checkpoints": ["seed-1", "seed-11"], "best": "seed-11", "feature_set": "gen",
-                               "feature_dim": 4, "model_id": "tiny", "model_version": meta["model_version"]})
-    result = load_job("evaluate").main(["--checkpoint", out, "--data", dataset[1], "--output",
-                                        str(tmp_path / "m.json")])
+        model = build_model(CMBertConfig(encoder=tiny_encoder_dir(), audio_dim=4))
+        meta = save_checkpoint(model, load_tokenizer(model.config), model.config, os.path.join(out, f"seed-{seed}"),
+                               CheckpointMeta(feature_set="gen", feature_dim=4, model_id="tiny", seed=seed))
+    write_multiseed_meta(out, CheckpointMeta(checkpoints=["seed-1", "seed-11"], best="seed-11", feature_set="gen",
+                                             feature_dim=4, model_id="tiny", model_version=meta.model_version))
+    assert load_job("evaluate").main(["--checkpoint", out, "--data", dataset[1], "--output",
+                                      str(tmp_path / "m.json")]) == 0
+    result = storage.read_json(str(tmp_path / "m.json"))
     assert [s["seed"] for s in result["per_seed"]] == [1, 11]
     assert result["mean_std"]["mae"]["n"] == 2 and result["mean_std"]["mae"]["std"] > 0
     # the data's majority-class rate beside Acc2, in the metrics JSON
-    from cmbert import storage
     from cmbert.metrics import majority_rates
     from schemas import UTTERANCES_SCHEMA
 
@@ -192,7 +195,6 @@ def test_train_and_evaluate_on_s3(ray_local, dataset, s3_env, s3_server, tmp_pat
     evaluated from s3://: the same contract as on local paths."""
     import pyarrow.fs as pafs
 
-    from cmbert import storage
     from schemas import UTTERANCES_SCHEMA
 
     bucket = s3_env
@@ -200,17 +202,19 @@ def test_train_and_evaluate_on_s3(ray_local, dataset, s3_env, s3_server, tmp_pat
     for local, uri in zip(dataset, (train_uri, dev_uri)):
         storage.write_table(storage.read_table(local, UTTERANCES_SCHEMA), uri, UTTERANCES_SCHEMA)
     out = f"s3://{bucket}/models/tiny"
-    summary = load_job("train").main(["--train", train_uri, "--dev", dev_uri, "--output", out, "--encoder",
-                                      tiny_encoder_dir(), "--epochs", "1", "--workers", "1", "--batch-size", "8"])
+    assert load_job("train").main(["--train", train_uri, "--dev", dev_uri, "--output", out, "--encoder",
+                                   tiny_encoder_dir(), "--epochs", "1", "--workers", "1", "--batch-size", "8"]) == 0
+    summary = storage.read_json(f"{out}/summary.json")
     keys = s3_server.list_keys(bucket, "models/tiny/")
     assert "models/tiny/meta.json" in keys and "models/tiny/summary.json" in keys
     assert any(k.startswith("models/tiny/seed-1/") and k.endswith("model.safetensors") for k in keys)
     assert any(k.startswith("models/tiny/runs/") for k in keys)
     lm = load_checkpoint(out)
     assert lm.config.audio_values and lm.config.cls_audio == "mean"  # the job's defaults: the hearing variant
-    assert lm.meta["model_version"] == summary["seeds"][0]["model_version"]
-    result = load_job("evaluate").main(["--checkpoint", out, "--data", dev_uri, "--output",
-                                        str(tmp_path / "m.json")])
+    assert lm.meta.model_version == summary["seeds"][0]["model_version"]
+    assert load_job("evaluate").main(["--checkpoint", out, "--data", dev_uri, "--output",
+                                      str(tmp_path / "m.json")]) == 0
+    result = storage.read_json(str(tmp_path / "m.json"))
     assert result["n_rows"] == 12
     assert result["per_seed"][0]["metrics"]["mae"] == pytest.approx(summary["seeds"][0]["dev"]["mae"], rel=1e-5)
     assert isinstance(storage.locate(out).fs, pafs.S3FileSystem)
