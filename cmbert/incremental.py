@@ -290,8 +290,7 @@ def user_error(exc: BaseException) -> BaseException:
     cur = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, (storage.StorageError, storage.SchemaMismatchError)) and type(cur).__module__ == \
-                storage.__name__:
+        if type(cur) in (storage.StorageError, storage.SchemaMismatchError):  # not Ray's wrapper subclasses
             return cur
         cur = getattr(cur, "cause", None) or cur.__cause__
     return exc

@@ -285,7 +285,7 @@ def test_s3_stopped_mid_publish_leaves_whole_files_only(private_s3, monkeypatch)
         pq.write_table(rows.slice(10 * i, 10), f"{loc.path}/part-{i}.parquet", filesystem=loc.fs)
     moves = []
     with monkeypatch.context() as m:
-        m.setattr(storage, "publish_file", stop_after_first(storage.publish_file, s3.stop, moves))
+        m.setattr(storage.datasets, "publish_file", stop_after_first(storage.publish_file, s3.stop, moves))
         with pytest.raises(storage.StorageError) as err:
             storage.publish_dir(staging, final)
     msg = str(err.value)

@@ -171,7 +171,6 @@ def test_missing_dataset_reads_as_empty_table(tmp_path):
     assert empty.num_rows == 0 and empty.column_names == ["clip_id"]
     with pytest.raises(StorageError, match="no such dataset"):
         read_table(str(tmp_path / "nothing"))
-    assert storage.distinct_values(str(tmp_path / "nothing"), "clip_id", SCORES_SCHEMA) == set()
 
 
 def test_local_hive_partitions(tmp_path):
@@ -183,7 +182,6 @@ def test_local_hive_partitions(tmp_path):
     assert files_under(tmp_path / "scores")[0].startswith("score_date=2025-01-01/part-")
     one_day = read_table(dest, SCORES_SCHEMA, filter=pc.field("score_date") == "2025-01-02")
     assert one_day.num_rows == 2 and set(one_day.column("score_date").to_pylist()) == {"2025-01-02"}
-    assert storage.distinct_values(dest, "score_date", SCORES_SCHEMA) == {"2025-01-01", "2025-01-02"}
     rej = read_table(str(tmp_path / "rej"), REJECTS_SCHEMA)
     assert rej.column_names[-1] == "shard" and set(rej.column("shard").to_pylist()) == {"a/b"}
     assert [p.parent.name for p in (tmp_path / "rej").rglob("*.parquet")] == ["shard=a%2Fb"]
@@ -210,7 +208,7 @@ def test_failure_before_publish_leaves_nothing_locally(tmp_path, monkeypatch):
     def broken_publish(*args, **kwargs):
         raise StorageError("simulated failure between staging and publish")
 
-    monkeypatch.setattr(storage, "publish_file", broken_publish)
+    monkeypatch.setattr(storage.datasets, "publish_file", broken_publish)
     with pytest.raises(StorageError, match="simulated"):
         write_table(valid_table("rejects"), str(tmp_path / "rejects"), REJECTS_SCHEMA)
     assert not (tmp_path / "rejects").exists()
@@ -384,7 +382,7 @@ def test_s3_failure_before_publish_leaves_nothing(s3_server, s3_env, monkeypatch
         assert fs.get_file_info(src).type == storage.pafs.FileType.File  # really staged
         raise StorageError("simulated failure between staging and publish")
 
-    monkeypatch.setattr(storage, "publish_file", broken_publish)
+    monkeypatch.setattr(storage.datasets, "publish_file", broken_publish)
     with pytest.raises(StorageError, match="simulated"):
         write_table(valid_table("rejects"), _uri(bucket, "out", "rejects"), REJECTS_SCHEMA)
     keys = s3_server.list_keys(bucket)

@@ -1,8 +1,5 @@
 """Parquet datasets on a local path or an ``s3://`` URI, with declared schemas and staged publishing.
 
-- Endpoint and credentials come from the standard AWS environment (``AWS_ENDPOINT_URL[_S3]``,
-  ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``/``AWS_DEFAULT_REGION``) or the AWS config
-  files; they are never logged, never put in error messages and never written to metadata.
 - Writers cast to the declared schema and raise ``SchemaMismatchError`` naming the column.
 - Files are written under a staging prefix (``<parent>/_staging/<run>/``, outside the dataset) and then
   moved into the dataset. Each file holds complete records, so a reader sees either a file or nothing, and
@@ -11,12 +8,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 import posixpath
 import re
 import uuid
-from dataclasses import dataclass
 from urllib.parse import quote, urlparse
 
 import pyarrow as pa
@@ -25,154 +19,13 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from cmbert.storage.blobs import exists, list_files
+from cmbert.storage.locations import Location, StorageError, explain, has_folders, is_s3, locate
+from cmbert.storage.secrets import redact, safe_metadata
+
 STAGING_DIR = "_staging"
-# A metadata key is dropped when one of its words (split on non-letters and camelCase) names a credential.
-SECRET_KEY_RE = re.compile(
-    r"(^|_)(secret|secrets|password|passwd|token|tokens|credential|credentials|api_?key|access_?key|private_?key"
-    r"|auth|authorization|signature)(_|$)"
-)
-SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
-
-
-class StorageError(RuntimeError):
-    """An I/O failure, phrased for a user in one line (never carries credentials)."""
-
-
 class SchemaMismatchError(ValueError):
     """A table does not fit its declared schema; the message names the column."""
-
-
-# ---------------------------------------------------------------- locations
-
-
-@dataclass(frozen=True)
-class Location:
-    fs: pafs.FileSystem
-    path: str  # filesystem path: "bucket/key" for S3, absolute for local
-    uri: str  # as the user wrote it
-
-    def join(self, *parts: str) -> "Location":
-        path = posixpath.join(self.path, *parts)
-        uri = self.uri.rstrip("/") + "/" + "/".join(parts)
-        return Location(self.fs, path, uri)
-
-    @property
-    def is_s3(self) -> bool:
-        return self.uri.startswith("s3://")
-
-
-def is_s3(uri: str) -> bool:
-    return str(uri).startswith("s3://")
-
-
-def s3_endpoint() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-
-def s3_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-
-
-def s3_filesystem() -> pafs.S3FileSystem:
-    """A pyarrow S3 filesystem from the standard AWS environment; fails fast on a dead endpoint."""
-    kwargs: dict = {
-        "region": s3_region(),
-        "connect_timeout": 5,
-        "request_timeout": 30,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
-    }
-    endpoint = s3_endpoint()
-    if endpoint:
-        parsed = urlparse(endpoint)
-        kwargs["endpoint_override"] = parsed.netloc or parsed.path
-        kwargs["scheme"] = parsed.scheme or "https"
-    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
-        kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
-        if os.environ.get("AWS_SESSION_TOKEN"):
-            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
-    return pafs.S3FileSystem(**kwargs)
-
-
-def locate(uri: str) -> Location:
-    """Resolve a local path or ``s3://bucket/prefix`` to a filesystem and a path on it."""
-    uri = str(uri)
-    if is_s3(uri):
-        parsed = urlparse(uri)
-        if not parsed.netloc:
-            raise StorageError(f"bad S3 URI {uri!r}: expected s3://bucket/prefix")
-        return Location(s3_filesystem(), (parsed.netloc + parsed.path).rstrip("/"), uri.rstrip("/"))
-    path = os.path.abspath(os.path.expanduser(uri))
-    return Location(pafs.LocalFileSystem(), path, uri)
-
-
-def polars_storage_options(uri: str) -> dict | None:
-    """``storage_options`` for ``polars.scan_parquet`` on the same S3 endpoint (None for local paths)."""
-    if not is_s3(uri):
-        return None
-    opts = {"aws_region": s3_region()}
-    endpoint = s3_endpoint()
-    if endpoint:
-        opts["aws_endpoint_url"] = endpoint
-        if endpoint.startswith("http://"):
-            opts["aws_allow_http"] = "true"
-    for env, key in (
-        ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
-        ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
-        ("AWS_SESSION_TOKEN", "aws_session_token"),
-    ):
-        if os.environ.get(env):
-            opts[key] = os.environ[env]
-    return opts
-
-
-def explain(exc: BaseException, uri: str, action: str, endpoint: str | None = None) -> StorageError:
-    """Turn a pyarrow/AWS error into one line a user can act on. Credentials never appear.
-
-    ``endpoint``: the S3 endpoint for the message, as the driver saw it (a worker's environment may lack it)."""
-    text = str(exc)
-    low = text.lower()
-    squashed = re.sub(r"[\s_\-]", "", low)  # ACCESS_DENIED, Access Denied, AccessDenied -> accessdenied
-    where = f"{action} {uri}"
-    if is_s3(uri):
-        endpoint = endpoint or _safe_endpoint()
-        if any(s in low for s in ("couldn't connect", "could not connect", "connection refused", "curlcode: 7",
-                                  "network_connection", "timed out", "resolve host", "curlcode: 28",
-                                  "curlcode: 6")):
-            return StorageError(_redact(f"cannot {where}: S3 endpoint {endpoint} is unreachable"))
-        denied = ("accessdenied", "invalidaccesskey", "signaturedoesnotmatch", "forbidden", "invalidtoken",
-                  "expiredtoken")
-        if any(s in squashed for s in denied) or re.search(r"\b403\b", low):
-            return StorageError(_redact(f"cannot {where}: access denied by S3 endpoint {endpoint}; "
-                                        "check the AWS credentials"))
-        if "nosuchbucket" in squashed or "bucket does not exist" in low or re.search(r"bucket '[^']*' not found", low):
-            return StorageError(_redact(f"cannot {where}: bucket does not exist at S3 endpoint {endpoint}"))
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return StorageError(_redact(f"cannot {where}: {first[:300]}"))
-
-
-def safe_endpoint() -> str:
-    return _safe_endpoint()
-
-
-def _safe_endpoint() -> str:
-    """The S3 endpoint for messages, without any user:password@ part."""
-    endpoint = s3_endpoint()
-    if not endpoint:
-        return "(default AWS endpoint)"
-    parsed = urlparse(endpoint)
-    if parsed.username or parsed.password:
-        return endpoint.replace(parsed.netloc, parsed.hostname + (f":{parsed.port}" if parsed.port else ""))
-    return endpoint
-
-
-def _redact(text: str) -> str:
-    """Remove credential values from a message and keep it on one line."""
-    for var in SECRET_ENV:
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return " ".join(text.split())
 
 
 # ---------------------------------------------------------------- schemas
@@ -311,49 +164,6 @@ def schema_name(schema: pa.Schema) -> str:
     return f"{name} v{version}"
 
 
-def is_secret_key(key: str) -> bool:
-    """Whether a metadata key names a credential (``aws_secret_access_key``, ``hfToken``; not ``tokenizer``)."""
-    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key))
-    words = re.sub(r"[^a-zA-Z0-9]+", "_", words).lower().strip("_")
-    return bool(SECRET_KEY_RE.search(words))
-
-
-def _scrub(value):
-    """A copy of a JSON-like value with credential-named keys removed at any depth."""
-    if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items() if not is_secret_key(k)}
-    if isinstance(value, (list, tuple)):
-        return [_scrub(v) for v in value]
-    return value
-
-
-def safe_metadata(metadata: dict | None) -> dict[str, str]:
-    """File metadata with anything that looks like a credential removed.
-
-    Keys naming a credential are dropped at any depth of a nested value, and so is any entry whose text
-    contains the current AWS secret key, session token or access key id.
-    """
-    live = [v for v in (os.environ.get(var) for var in SECRET_ENV) if v and len(v) >= 4]
-    out = {}
-    for key, value in (metadata or {}).items():
-        if is_secret_key(key):
-            continue
-        if isinstance(value, str):
-            text = value
-            try:  # a JSON document (e.g. a resolved config) is scrubbed inside as well
-                parsed = json.loads(value)
-                if isinstance(parsed, (dict, list)):
-                    text = json.dumps(_scrub(parsed), sort_keys=True, default=str)
-            except ValueError:
-                pass
-        else:
-            text = json.dumps(_scrub(value), sort_keys=True, default=str)
-        if any(secret in text for secret in live):
-            continue
-        out[str(key)] = text
-    return out
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -385,7 +195,7 @@ def write_table(
     staged = staging.join(fname)
     try:
         try:
-            if not dest.is_s3:  # S3 has no folders; pyarrow would write empty marker objects
+            if has_folders(dest.fs):
                 dest.fs.create_dir(staging.path, recursive=True)
             pq.write_table(table, staged.path, filesystem=dest.fs, compression="zstd")
         except OSError as exc:
@@ -424,7 +234,7 @@ def staging_location(dest: Location, run: str) -> Location:
 def publish_file(fs: pafs.FileSystem, src: str, dst: str, uri: str) -> None:
     """Move a staged file into the dataset. On S3 a move is copy+delete: the copy is the atomic step."""
     try:
-        if not isinstance(fs, pafs.S3FileSystem):
+        if has_folders(fs):
             fs.create_dir(posixpath.dirname(dst), recursive=True)
         fs.move(src, dst)
     except OSError as exc:
@@ -439,16 +249,9 @@ def publish_dir(staging_uri: str, final_uri: str) -> list[str]:
                            "or on the same filesystem (use new_staging_uri)")
     src = locate(staging_uri)
     dst = locate(final_uri)
-    try:
-        infos = src.fs.get_file_info(pafs.FileSelector(src.path, recursive=True, allow_not_found=True))
-    except OSError as exc:
-        raise explain(exc, staging_uri, "list") from None
     moved = []
-    for info in sorted(infos, key=lambda i: i.path):
-        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
-            continue
-        rel = posixpath.relpath(info.path, src.path)
-        publish_file(dst.fs, info.path, posixpath.join(dst.path, rel), final_uri)
+    for rel in list_files(src, skip_hidden=False, relative=True):
+        publish_file(dst.fs, src.join(rel).path, posixpath.join(dst.path, rel), final_uri)
         moved.append(rel)
     remove_quietly(src.fs, src.path)
     return moved
@@ -468,16 +271,8 @@ def remove_quietly(fs: pafs.FileSystem, path: str) -> None:
 # ---------------------------------------------------------------- reading
 
 
-def _exists(loc: Location, uri: str) -> bool:
-    try:
-        info = loc.fs.get_file_info(loc.path)
-    except OSError as exc:
-        raise explain(exc, uri, "read") from None
-    return info.type != pafs.FileType.NotFound
-
-
 def dataset_exists(uri: str) -> bool:
-    return _exists(locate(uri), uri)
+    return exists(uri)
 
 
 def read_table(uri: str, schema: pa.Schema | None = None, columns: list[str] | None = None,
@@ -489,7 +284,7 @@ def read_table(uri: str, schema: pa.Schema | None = None, columns: list[str] | N
     """
     loc = locate(uri)
     try:
-        if not _exists(loc, uri):
+        if not exists(loc):
             if schema is None:
                 raise StorageError(f"cannot read {uri}: no such dataset")
             empty = schema.empty_table()
@@ -506,13 +301,7 @@ def read_table(uri: str, schema: pa.Schema | None = None, columns: list[str] | N
     except OSError as exc:
         raise explain(exc, uri, "read") from None
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise StorageError(_redact(f"cannot read {uri}: {str(exc).strip().splitlines()[0][:300]}")) from None
-
-
-def distinct_values(uri: str, column: str, schema: pa.Schema) -> set[str]:
-    """The set of values of one column of a dataset (empty when the dataset does not exist yet)."""
-    table = read_table(uri, schema, columns=[column])
-    return set(table.column(column).to_pylist())
+        raise StorageError(redact(f"cannot read {uri}: {str(exc).strip().splitlines()[0][:300]}")) from None
 
 
 def written_version(uri: str) -> str | None:
@@ -523,7 +312,7 @@ def written_version(uri: str) -> str | None:
     """
     loc = locate(uri)
     try:
-        if not _exists(loc, uri):
+        if not exists(loc):
             return None
         files = pads.dataset(loc.path, filesystem=loc.fs, format="parquet", partitioning="hive").files
         if not files:
@@ -545,25 +334,6 @@ def check_written_version(uri: str, schema: pa.Schema) -> None:
                                   "(schemas/__init__.py says what changed): write to a new output")
 
 
-def list_files(uri: str) -> list[str]:
-    """Filesystem paths of a dataset's Parquet files, sorted (empty when it does not exist yet). Skips hidden
-    and ``_``-prefixed entries as pyarrow's dataset discovery does."""
-    loc = locate(uri)
-    try:
-        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
-    except OSError as exc:
-        raise explain(exc, uri, "list") from None
-    out = []
-    for info in infos:
-        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
-            continue
-        rel = posixpath.relpath(info.path, loc.path)
-        if any(part.startswith((".", "_")) for part in rel.split("/")):
-            continue
-        out.append(info.path)
-    return sorted(out)
-
-
 def write_staged(table: pa.Table, fs: pafs.FileSystem, path: str, uri: str, schema: pa.Schema, *,
                  metadata: dict | None = None, drop: tuple[str, ...] = (), endpoint: str | None = None) -> int:
     """Write one staged Parquet file (a worker's output) in the declared schema; returns its size in bytes.
@@ -577,7 +347,7 @@ def write_staged(table: pa.Table, fs: pafs.FileSystem, path: str, uri: str, sche
     table = table.replace_schema_metadata(meta)
     if drop:
         table = table.drop_columns(list(drop))
-    s3 = isinstance(fs, pafs.S3FileSystem)
+    s3 = not has_folders(fs)
     tmp = path if s3 else f"{path}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         if not s3:
@@ -593,54 +363,3 @@ def write_staged(table: pa.Table, fs: pafs.FileSystem, path: str, uri: str, sche
             except OSError:
                 pass
         raise explain(exc, uri, "write", endpoint) from None
-
-
-def require_shared(uri: str, timeout_s: float = 60.0) -> None:
-    """On a Ray cluster of several nodes, refuse a local path that not every node sees, in one line, before work.
-
-    S3 is shared by definition. For a path, the driver writes a probe file with a random token under it and a
-    zero-CPU task pinned to every alive node reads it back: a filesystem every node mounts (NFS, Lustre, a
-    cluster's shared volume) passes, a node-local disk fails. Without Ray, or on one node, there is nothing to
-    check."""
-    if is_s3(uri):
-        return
-    import ray
-
-    if not ray.is_initialized():
-        return
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) <= 1:
-        return
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    loc = locate(uri)
-    token = uuid.uuid4().hex
-    probe = os.path.join(loc.path, f".cmbert-probe-{token}")
-    try:
-        os.makedirs(loc.path, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write(token)
-    except OSError as exc:
-        raise explain(exc, uri, "write") from None
-
-    @ray.remote(num_cpus=0, max_retries=0)
-    def sees(path: str) -> str | None:
-        try:
-            with open(path) as f:
-                return f.read()
-        except OSError:
-            return None
-
-    try:
-        refs = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(probe)
-                for n in nodes]
-        seen = ray.get(refs, timeout=timeout_s)
-    finally:
-        try:
-            os.remove(probe)
-        except OSError:
-            pass
-    blind = [n.get("NodeManagerAddress", n["NodeID"]) for n, s in zip(nodes, seen) if s != token]
-    if blind:
-        raise StorageError(f"output {uri} is a local path that node {blind[0]} of this {len(nodes)}-node Ray "
-                           "cluster does not see: use s3://... or a filesystem every node mounts")
