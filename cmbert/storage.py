@@ -25,6 +25,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from cmbert.errors import UserError
+
 STAGING_DIR = "_staging"
 # A metadata key is dropped when one of its words (split on non-letters and camelCase) names a credential.
 SECRET_KEY_RE = re.compile(
@@ -34,11 +36,11 @@ SECRET_KEY_RE = re.compile(
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """An I/O failure, phrased for a user in one line (never carries credentials)."""
 
 
-class SchemaMismatchError(ValueError):
+class SchemaMismatchError(UserError, ValueError):
     """A table does not fit its declared schema; the message names the column."""
 
 
