@@ -25,6 +25,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
 from cmbert import storage
+from cmbert.errors import UserError
 from cmbert.model import CMBert, CMBertConfig, build_model
 from cmbert.storage import StorageError, locate
 
@@ -36,7 +37,7 @@ CONFIG = "config.json"
 TRAIN_STATE_FILES = ("optimizer.safetensors", "train_state.json")  # in epoch checkpoints only, never published
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unfinished, truncated or corrupt; the message names the path."""
 
 
