@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cmbert.collate import length_buckets
-from cmbert.model import CMBertConfig
+from cmbert.model import PAPER, CMBertConfig
 from cmbert.scoring import (RESULT_SCHEMA, CheckpointMismatch, ModelAudio, Scorer, ScoreStamp, check_compatible,
                             clip_score, keep_rows, label7, plan_work, polarity, score_records,
                             score_rows, without_audio)
@@ -113,9 +113,9 @@ def test_check_compatible():
 
 def test_which_checkpoints_score_audio_absent_rows():
     meta = {"feature_set": "egemaps_v02_lld", "feature_dim": 25}
-    assert ModelAudio.from_meta(meta, CMBertConfig()).missing_audio == "zeros"  # paper: audio cannot reach [CLS]
+    assert ModelAudio.from_meta(meta, CMBertConfig(**PAPER)).missing_audio == "zeros"  # paper: audio cannot reach [CLS]
     assert ModelAudio.from_meta(meta, CMBertConfig(cls_audio="mean")).missing_audio == "refuse"
-    assert ModelAudio.from_meta(meta, CMBertConfig(audio_kernel=3)).missing_audio == "refuse"
+    assert ModelAudio.from_meta(meta, CMBertConfig(**PAPER, audio_kernel=3)).missing_audio == "refuse"
     assert ModelAudio.from_meta(meta | {"missing_audio": "zeros"}, CMBertConfig(cls_audio="mean")).missing_audio == "zeros"
     assert ModelAudio.from_meta({"feature_set": "none", "feature_dim": 0}, CMBertConfig(cls_audio="mean")).text_only
 
