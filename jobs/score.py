@@ -19,16 +19,16 @@ except ImportError:  # python jobs/score.py: jobs/ is on sys.path, the repo root
     import _wiring
 
 import datetime as dt
-import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cmbert import faults, incremental, storage
+from cmbert.checkpoint import ModelInfo, read_model_info
 from cmbert.errors import ConfigError
 from cmbert.incremental import Tally
 from cmbert.runinfo import new_run_id, utc_now
-from cmbert.scoring import NO_AUDIO, CheckpointMismatch, ModelAudio, ScoreStamp, StageOptions, check_compatible
+from cmbert.scoring import NO_AUDIO, ScoreStamp, StageOptions, check_compatible
 from schemas import SCORES_SCHEMA
 
 
@@ -60,9 +60,6 @@ def line(tally: Tally) -> str:
 
 
 # ---------------------------------------------------------------- what to score
-
-
-from cmbert.checkpoint import ModelInfo, read_model_info  # noqa: E402,F401  (moved there)
 
 
 INDEX_COLUMNS = ["utterance_id", "audio_present", "feature_set", "feature_dim"]

@@ -17,6 +17,7 @@ with the same OUTPUT resumes each seed from its last finished epoch).
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -128,7 +129,7 @@ def run(cfg: TrainConfig) -> dict:
                     failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
                 dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker sees all rows (train_func)
             ).fit()
-            scored = [(c, m) for c, m in (result.best_checkpoints or []) if _finite(m.get("dev_loss"))]
+            scored = [(c, m) for c, m in (result.best_checkpoints or []) if math.isfinite(m.get("dev_loss") or math.nan)]
             if not scored:
                 raise RuntimeError(f"seed {seed}: training reported no checkpoint with a finite dev loss")
             best_ckpt, best = min(scored, key=lambda cm: cm[1]["dev_loss"])
@@ -160,10 +161,6 @@ def run(cfg: TrainConfig) -> dict:
 def report(cfg: TrainConfig, summary: dict) -> None:
     for k, v in summary["dev_mean_std"].items():
         print(f"dev {k}: {v['mean']:.4f} ± {v['std']:.4f} over {v['n']} seed(s)", flush=True)
-
-
-def _finite(value) -> bool:
-    return value is not None and float(value) == float(value) and abs(float(value)) != float("inf")
 
 
 def _write_run_row(cfg, run_id, started, status, train_table, n_unlabelled, n_output, model_version) -> None:

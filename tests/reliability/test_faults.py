@@ -26,7 +26,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import jobs.train
 from cmbert import faults, storage
 from cmbert.testing import (SCORE_DATE, LocalSession, loop_config, make_checkpoint, utterance_rows,
                             write_utterances)
