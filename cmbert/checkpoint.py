@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from cmbert.errors import UserError
 from cmbert.model import CMBert, CMBertConfig, build_model
 from cmbert import storage
 from cmbert.storage import locate
@@ -30,7 +31,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unfinished, truncated or corrupt; the message names the path."""
 
 

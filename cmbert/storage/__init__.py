@@ -16,8 +16,8 @@ from cmbert.storage.blobs import (copy_tree, exists, json_text, list_files, loca
                                   remove_tree, scratch_dir, sha256, write_bytes, write_json)
 from cmbert.storage.datasets import (STAGING_DIR, SchemaMismatchError, check_written_version, conform,
                                      dataset_exists, new_staging_uri, partition_segment, publish_dir, publish_file,
-                                     read_file, read_table, remove_quietly, schema_name, staging_location, write_staged,
-                                     write_table, written_version)
+                                     read_file, read_table, remove_quietly, schema_name, staging_location,
+                                     write_staged, write_table, written_version)
 from cmbert.storage.locations import (Location, StorageError, explain, filesystem, has_folders, is_s3, locate,
                                       polars_storage_options, require_shared, s3_endpoint, s3_filesystem, s3_region,
                                       safe_endpoint)
