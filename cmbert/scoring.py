@@ -296,29 +296,11 @@ def materialize_checkpoint(uri: str, fs=None, path: str | None = None, version: 
     actors need no AWS environment of their own. Copies are cached per URI and model version (a URI such as
     ``.../current`` gets new weights over time) for the life of the machine.
     """
-    import hashlib
-    import os
-    import tempfile
+    from cmbert import storage
 
-    import pyarrow.fs as pafs
-
-    if fs is None or isinstance(fs, pafs.LocalFileSystem):
+    if fs is None or isinstance(fs, storage.pafs.LocalFileSystem):
         return path or uri
-    local = os.path.join(tempfile.gettempdir(), "cmbert-checkpoints",
-                         hashlib.sha256(f"{uri}|{version}".encode()).hexdigest()[:16])
-    done = os.path.join(local, ".complete")
-    if not os.path.exists(done):
-        tmp = f"{local}.{os.getpid()}.tmp"
-        os.makedirs(tmp, exist_ok=True)
-        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        open(os.path.join(tmp, ".complete"), "w").close()
-        try:
-            os.replace(tmp, local)  # atomic: a folder with .complete is always whole
-        except OSError:  # another actor on this machine finished first
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-    return local
+    return storage.local_copy(storage.Location(fs, path, uri), key=f"{uri}|{version}", under="cmbert-checkpoints")
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,13 @@ A failure of one clip becomes a reject row; it never kills the job.
 from __future__ import annotations
 
 import json
-import posixpath
 import traceback
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cmbert import storage
 from cmbert.audio.features import DEFAULT_BACKEND
 from cmbert.faults import kill_point
 from cmbert.manifest import Clip, Reject, StageError, content_id, source_id, task_id, text_id
@@ -66,7 +66,7 @@ class ClipStage:
         self.run_id = run_id
         self.created_at = created_at
         self._models: ClipModels | None = None
-        self._fs = None
+        self._root = None  # the input root as a Location, resolved on first read
         self._data = None
 
     # ------------------------------------------------------------ models, loaded once per actor
@@ -98,10 +98,9 @@ class ClipStage:
         return self._models
 
     def read_bytes(self, rel: str) -> bytes:
-        if self._fs is None:
-            self._fs, self._root = input_root(self.input_uri, self.input_fs)
-        with self._fs.open_input_file(posixpath.join(self._root, rel)) as f:
-            return f.read()
+        if self._root is None:
+            self._root = input_root(self.input_uri, self.input_fs)
+        return storage.read_bytes(self._root.join(rel))
 
     # ------------------------------------------------------------ one batch of tasks
     def __call__(self, batch: dict) -> pa.Table:
@@ -155,11 +154,10 @@ class ClipStage:
                 "reject": reject.to_row(self.run_id, self.created_at)}
 
 
-def input_root(input_uri: str | None, input_fs=None):
-    from cmbert.storage import locate
-
-    loc = locate(input_uri)
-    return input_fs or loc.fs, loc.path
+def input_root(input_uri: str | None, input_fs=None) -> storage.Location:
+    """The input root as a Location on ``input_fs`` (the driver's filesystem, pickled here) when given."""
+    loc = storage.locate(input_uri)
+    return storage.Location(input_fs, loc.path, loc.uri) if input_fs is not None else loc
 
 
 def make_clip(task: dict, read_bytes, input_uri: str | None, holder=None) -> Clip | Reject:
@@ -178,11 +176,9 @@ def make_clip(task: dict, read_bytes, input_uri: str | None, holder=None) -> Cli
     except FileNotFoundError:
         sid = source_id(task["source"])
         return Reject(task_id(sid, start, end, row), sid, task["source"], "read", "file does not exist")
-    except OSError as exc:  # storage trouble (S3 down, network, permissions): the next run tries again
-        from cmbert.storage import explain
-
+    except storage.StorageError as exc:  # storage trouble (S3 down, network, permissions): the next run tries again
         sid = source_id(task["source"])
-        reason = str(explain(exc, f"{input_uri.rstrip('/')}/{task['source']}", "read"))
+        reason = str(exc)
         return Reject(task_id(sid, start, end, row), sid, task["source"], RETRIED_STAGE, reason[:300])
     if holder is not None:
         holder._data = data
@@ -195,16 +191,15 @@ def identify_tasks(batch: pa.Table, input_uri: str | None, input_fs=None) -> pa.
 
     Runs in Ray tasks (no models). A media file is read once here to hash it, and again by the worker that
     processes it; a file that cannot be read becomes a planned reject."""
-    fs = root = None
+    root = None
     out = []
     for task in batch.to_pylist():
         if task["kind"] != "reject":
-            if task["kind"] == "media" and fs is None:
-                fs, root = input_root(input_uri, input_fs)
+            if task["kind"] == "media" and root is None:
+                root = input_root(input_uri, input_fs)
 
             def read(rel):
-                with fs.open_input_file(posixpath.join(root, rel)) as f:
-                    return f.read()
+                return storage.read_bytes(root.join(rel))
 
             clip = make_clip(task, read, input_uri)
             if isinstance(clip, Reject):
@@ -265,8 +260,6 @@ class ScoreWriter:
         self.rows_per_pass, self.flush_rows = rows_per_pass, max(1, flush_rows)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow.dataset as pads
-
         from cmbert.incremental import manifest_row, manifest_table
         from cmbert.scoring import INPUT_COLUMNS, PARTITION_COLUMNS, scorable
 
@@ -274,8 +267,8 @@ class ScoreWriter:
         paths = batch.column("path").to_pylist()
         for path, ids in zip(paths, batch.column("ids").to_pylist()):
             if ids:
-                ds = pads.dataset(path, filesystem=self.input_fs, format="parquet")
-                parts.append(ds.to_table(columns=INPUT_COLUMNS, filter=pc.field("utterance_id").isin(ids)))
+                parts.append(storage.read_file(storage.Location(self.input_fs, path, path), columns=INPUT_COLUMNS,
+                                               filter=pc.field("utterance_id").isin(ids)))
         rows = pa.concat_tables(parts, promote_options="permissive") if parts else None
         n = 0 if rows is None else rows.num_rows
         reasons: dict[str, int] = {}
