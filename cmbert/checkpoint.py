@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from cmbert.errors import UserError
 from cmbert.model import CMBert, CMBertConfig, build_model
-from cmbert.storage import explain, locate
+from cmbert.storage import explain, locate, read_json
 
 FORMAT = "cmbert-checkpoint/1"
 MULTI_FORMAT = "cmbert-multiseed/1"
@@ -248,9 +248,8 @@ def read_model_info(checkpoint: str) -> ModelInfo:
         meta = read_meta(checkpoint)
     loc = locate(checkpoint).join(CONFIG)
     try:
-        with loc.fs.open_input_stream(loc.path) as f:
-            config = CMBertConfig.from_dict(json.loads(f.read()))
-    except OSError as exc:
+        config = CMBertConfig.from_dict(read_json(loc))
+    except FileNotFoundError as exc:
         raise explain(exc, loc.uri, "read") from None
     return ModelInfo(checkpoint, str(meta.get("model_id") or "cmbert"), str(meta["model_version"]),
                      ModelAudio.from_meta(meta, config))

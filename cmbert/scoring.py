@@ -354,44 +354,24 @@ def keep_rows(paths: Sequence[str] | None, ids: Sequence[str], partial: dict[str
 # ---------------------------------------------------------------- Ray Data wrapper
 
 
-def materialize_checkpoint(uri: str, fs=None, path: str | None = None, version: str = "") -> str:
-    """A local folder holding the checkpoint: ``uri`` itself when local, else a copy from ``fs``/``path``.
+def materialize_checkpoint(options: "StageOptions") -> str:
+    """A local folder holding the checkpoint: its own path when local, else a copy cached per URI and model version
+    (a URI such as ``.../current`` gets new weights over time) for the life of the machine.
 
-    ``fs`` is a pyarrow filesystem the driver resolved (it pickles with its endpoint and credentials), so
-    actors need no AWS environment of their own. Copies are cached per URI and model version (a URI such as
-    ``.../current`` gets new weights over time) for the life of the machine.
+    ``options.location`` carries the filesystem the driver resolved (it pickles with its endpoint and credentials),
+    so actors need no AWS environment of their own.
     """
-    import hashlib
-    import os
-    import tempfile
-
-    import pyarrow.fs as pafs
-
-    if fs is None or isinstance(fs, pafs.LocalFileSystem):
-        return path or uri
-    local = os.path.join(tempfile.gettempdir(), "cmbert-checkpoints",
-                         hashlib.sha256(f"{uri}|{version}".encode()).hexdigest()[:16])
-    done = os.path.join(local, ".complete")
-    if not os.path.exists(done):
-        tmp = f"{local}.{os.getpid()}.tmp"
-        os.makedirs(tmp, exist_ok=True)
-        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        open(os.path.join(tmp, ".complete"), "w").close()
-        try:
-            os.replace(tmp, local)  # atomic: a folder with .complete is always whole
-        except OSError:  # another actor on this machine finished first
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-    return local
+    if options.location is None:
+        return options.checkpoint
+    return storage.local_copy(options.location, f"{options.checkpoint}|{options.stamp.model_version}",
+                              under="cmbert-checkpoints")
 
 
 @dataclass(frozen=True)
 class StageOptions:
     checkpoint: str  # local folder or s3:// URI, as the user wrote it
     stamp: ScoreStamp
-    checkpoint_fs: object = None  # pyarrow filesystem of an s3:// checkpoint (None: local folder)
-    checkpoint_path: str | None = None  # "bucket/key" on checkpoint_fs
+    location: storage.Location | None = None  # where the checkpoint is, resolved by the driver (None: local)
     partial: dict[str, frozenset[str]] = field(default_factory=dict)
     device: str = "cpu"
     batch_size: int = 32
@@ -411,8 +391,7 @@ class ScoreStage:
         if options.device == "cpu":
             torch.set_num_threads(options.torch_threads)  # fractional-CPU actors: no oversubscription
         self.options = options
-        local = materialize_checkpoint(options.checkpoint, options.checkpoint_fs, options.checkpoint_path,
-                                       options.stamp.model_version)
+        local = materialize_checkpoint(options)
         lm = load_checkpoint(local)
         if lm.meta["model_version"] != options.stamp.model_version:  # replaced since the driver planned the run
             raise RuntimeError(f"checkpoint {options.checkpoint} changed during the run "

@@ -110,8 +110,7 @@ def score_dataset(cfg: ScoreConfig, info: ModelInfo, files, stamp: ScoreStamp, p
     src = storage.locate(cfg.input)
     ckpt = storage.locate(info.checkpoint)
     options = StageOptions(
-        checkpoint=info.checkpoint, stamp=stamp,
-        checkpoint_fs=ckpt.fs if ckpt.is_s3 else None, checkpoint_path=ckpt.path,
+        checkpoint=info.checkpoint, stamp=stamp, location=ckpt if ckpt.is_s3 else None,
         device="cuda" if cfg.gpu else "cpu", batch_size=cfg.batch_size,
         torch_threads=cfg.threads, precision=cfg.precision,
     )
