@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from cmbert.errors import UserError
 from cmbert.model import CMBert, CMBertConfig, build_model
 from cmbert import storage
-from cmbert.storage import locate
+from cmbert.storage import explain, locate, read_json
 
 FORMAT = "cmbert-checkpoint/1"
 MULTI_FORMAT = "cmbert-multiseed/1"
@@ -184,3 +184,31 @@ def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> LoadedModel
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, meta=meta)
 
+
+
+@dataclass
+class ModelInfo:
+    """What scoring needs to know of a checkpoint before any weights load."""
+
+    checkpoint: str  # the single checkpoint scored with (the best seed of a multi-seed output)
+    model_id: str
+    model_version: str
+    audio: "ModelAudio"  # cmbert.scoring.ModelAudio: which utterances' audio it can score
+
+
+def read_model_info(checkpoint: str) -> ModelInfo:
+    """``ModelInfo`` from a checkpoint's meta.json and config.json only (no weights read here); a multi-seed
+    output resolves to its best seed."""
+    from cmbert.scoring import ModelAudio  # scoring builds on this module, not the other way round
+
+    meta = read_meta(checkpoint)
+    if meta["format"] == MULTI_FORMAT:
+        checkpoint = locate(checkpoint).join(meta["best"]).uri
+        meta = read_meta(checkpoint)
+    loc = locate(checkpoint).join(CONFIG)
+    try:
+        config = CMBertConfig.from_dict(read_json(loc))
+    except FileNotFoundError as exc:
+        raise explain(exc, loc.uri, "read") from None
+    return ModelInfo(checkpoint, str(meta.get("model_id") or "cmbert"), str(meta["model_version"]),
+                     ModelAudio.from_meta(meta, config))
