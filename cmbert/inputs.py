@@ -14,30 +14,27 @@ import posixpath
 import re
 
 import polars as pl
-import pyarrow.fs as pafs
 
+from cmbert.errors import UserError
 from cmbert.manifest import ClipTask, Reject, row_key, source_id, task_id, text_id
-from cmbert.storage import StorageError, explain, locate
+from cmbert import storage
+from cmbert.storage import StorageError
 
 MEDIA_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".m4a", ".wav", ".flac", ".mp3", ".ogg", ".opus", ".aac")
 LABEL_RANGE = (-3.0, 3.0)
 RESERVED_COLUMNS = ("file", "start", "end")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """The manifest cannot be used at all (raised before any work starts)."""
 
 
 def read_manifest(uri: str) -> pl.DataFrame:
     """CSV, TSV or Parquet, local or S3. Every column is read as text; parsing happens per row."""
-    loc = locate(uri)
     try:
-        with loc.fs.open_input_file(loc.path) as f:
-            data = f.read()
+        data = storage.read_bytes(uri, "read manifest")
     except FileNotFoundError:
         raise ManifestError(f"manifest {uri} does not exist") from None
-    except OSError as exc:
-        raise explain(exc, uri, "read manifest") from None
     try:
         if uri.lower().endswith(".parquet"):
             import io
@@ -62,19 +59,10 @@ def read_manifest(uri: str) -> pl.DataFrame:
 
 def list_media(input_uri: str) -> list[str]:
     """Media files under the input root, as paths relative to it, sorted."""
-    loc = locate(input_uri)
-    try:
-        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
-    except FileNotFoundError:
-        raise ManifestError(f"input {input_uri} does not exist") from None
-    except OSError as exc:
-        raise explain(exc, input_uri, "list") from None
-    rel = [posixpath.relpath(i.path, loc.path) for i in infos if i.type == pafs.FileType.File]
-    return sorted(p for p in rel if p.lower().endswith(MEDIA_EXTENSIONS) and not _hidden(p))
-
-
-def _hidden(rel: str) -> bool:
-    return any(part.startswith((".", "_")) for part in rel.split("/"))
+    files = storage.list_files(input_uri, suffix=None, skip_hidden=True, relative=True)
+    if not files and not storage.exists(input_uri, "list"):
+        raise ManifestError(f"input {input_uri} does not exist")
+    return [p for p in files if p.lower().endswith(MEDIA_EXTENSIONS)]
 
 
 def safe_relative(path: str) -> str | None:

@@ -1,47 +1,48 @@
 """Thin Ray Data wrappers around the pure stage functions.
 
 ``ClipStage`` is a callable class for ``Dataset.map_batches`` with an actor pool: it loads each model
-once (lazily, so a text-only run never loads the audio models), reads a clip's bytes, names it by its
-content hash, skips it when an earlier run already did it, and runs ``cmbert.pipeline.process_clip``.
+once (lazily, so a text-only run never loads the audio models), reads a planned task's bytes, checks they are
+still those the plan named it by (``identify_tasks``), and runs ``cmbert.pipeline.process_clip``.
 A failure of one clip becomes a reject row; it never kills the job.
 """
 
 from __future__ import annotations
 
 import json
-import posixpath
 import traceback
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cmbert import storage
 from cmbert.faults import kill_point
 from cmbert.manifest import Clip, ClipTask, Reject, StageError, content_id, source_id, task_id, text_id
 from cmbert.pipeline import ClipModels, ClipParams, diarizer_name, process_clip, text_utterance, words_mode
+from cmbert.storage import Location
 from schemas import CLIP_RESULT_SCHEMA, CLIP_TASK_SCHEMA
 
 # Rejects at this stage (a file that exists but could not be read: storage unreachable, access denied) are
-# not final: the next run tries the file again (jobs/preprocess.py done_tasks). All other rejects are final
+# not final: the next run tries the file again (jobs/preprocess.py done_keys). All other rejects are final
 # unless --retry-rejects.
 RETRIED_STAGE = "io"
 
 
 class ClipStage:
-    def __init__(self, input_uri: str | None, params: ClipParams, run_id: str, created_at, torch_threads: int = 1,
-                 input_fs=None):
-        """``input_fs``: the input's pyarrow filesystem as the driver resolved it. It pickles with its endpoint
-        and credentials, so actors need no AWS environment (a Ray runtime_env's env_vars end up in Ray's logs)."""
+    def __init__(self, input: str | Location | None, params: ClipParams, run_id: str, created_at,
+                 torch_threads: int = 1):
+        """``input``: the input root, best as the Location the driver resolved: it pickles with its filesystem
+        (an S3 one with its endpoint and credentials), so actors need no AWS environment (a Ray runtime_env's
+        env_vars end up in Ray's logs)."""
         import torch
 
         torch.set_num_threads(torch_threads)  # one actor per core: no oversubscription
         self.torch_threads = torch_threads
-        self.input_uri = input_uri
-        self.input_fs = input_fs
+        self.input = input
         self.params = params
         self.run_id = run_id
         self.created_at = created_at
         self._models: ClipModels | None = None
-        self._fs = None
 
     # ------------------------------------------------------------ models, loaded once per actor
     def models(self, need_asr: bool, need_aligner: bool) -> ClipModels:
@@ -71,12 +72,6 @@ class ClipStage:
                                                   cpu_threads=self.torch_threads if cpu else 0)
         return self._models
 
-    def read_bytes(self, rel: str) -> bytes:
-        if self._fs is None:
-            self._fs, self._root = input_root(self.input_uri, self.input_fs)
-        with self._fs.open_input_file(posixpath.join(self._root, rel)) as f:
-            return f.read()
-
     # ------------------------------------------------------------ one batch of tasks
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Rows of ``CLIP_TASK_SCHEMA`` -> rows of ``CLIP_RESULT_SCHEMA``."""
@@ -89,7 +84,7 @@ class ClipStage:
         """One planned task (``identify_tasks`` named it) -> its utterance rows, or one reject row."""
         if task.kind == "reject":
             return [self.reject_row(task.reject())]
-        clip, data = make_clip(task, self.read_bytes, self.input_uri)
+        clip, data = make_clip(task, self.input)
         if isinstance(clip, Reject):
             return [self.reject_row(clip)]
         if clip.task_id != task.task_id:  # the file's bytes changed since the run named it: try again next run
@@ -122,53 +117,33 @@ class ClipStage:
                 "reject": reject.to_row(self.run_id, self.created_at)}
 
 
-def input_root(input_uri: str | None, input_fs=None):
-    from cmbert.storage import locate
-
-    loc = locate(input_uri)
-    return input_fs or loc.fs, loc.path
-
-
-def make_clip(task: ClipTask, read_bytes, input_uri: str | None) -> tuple[Clip | Reject, bytes | None]:
+def make_clip(task: ClipTask, input: str | Location | None) -> tuple[Clip | Reject, bytes | None]:
     """The task's Clip named by its content, with the media bytes it was named by (None for a text row); or a
     Reject when the file cannot be read."""
     if task.kind == "text":
         return task.clip(text_id(task.text)), None
     try:
-        data = read_bytes(task.source)
+        data = storage.read_bytes(storage.locate(input).join(task.source))
     except FileNotFoundError:
         sid = source_id(task.source)
         return Reject(task_id(sid, task.start, task.end, task.row), sid, task.source, "read",
                       "file does not exist"), None
-    except OSError as exc:  # storage trouble (S3 down, network, permissions): the next run tries again
-        from cmbert.storage import explain
-
+    except storage.StorageError as exc:  # storage trouble (S3 down, network, permissions): the next run tries again
         sid = source_id(task.source)
-        reason = str(explain(exc, f"{input_uri.rstrip('/')}/{task.source}", "read"))
         return Reject(task_id(sid, task.start, task.end, task.row), sid, task.source, RETRIED_STAGE,
-                      reason[:300]), None
+                      str(exc)[:300]), None
     return task.clip(content_id(data)), data
 
 
-def identify_tasks(batch: pa.Table, input_uri: str | None, input_fs=None) -> pa.Table:
+def identify_tasks(batch: pa.Table, input: str | Location | None) -> pa.Table:
     """Name every task of a batch by its content (``task_id``, ``clip_id``): what the skip-set is keyed on.
 
     Runs in Ray tasks (no models). A media file is read once here to hash it, and again by the worker that
     processes it; a file that cannot be read becomes a planned reject."""
-    from dataclasses import replace
-
-    fs = root = None
-
-    def read(rel):
-        with fs.open_input_file(posixpath.join(root, rel)) as f:
-            return f.read()
-
     out = []
     for task in map(ClipTask.from_row, batch.to_pylist()):
         if task.kind != "reject":
-            if task.kind == "media" and fs is None:
-                fs, root = input_root(input_uri, input_fs)
-            clip, _ = make_clip(task, read, input_uri)
+            clip, _ = make_clip(task, input)
             if isinstance(clip, Reject):
                 task = replace(task, kind="reject", task_id=clip.task_id, clip_id=clip.clip_id, stage=clip.stage,
                                reason=clip.reason)
@@ -181,8 +156,6 @@ def identify_tasks(batch: pa.Table, input_uri: str | None, input_fs=None) -> pa.
 def task_table(tasks: list[ClipTask], rejects: list[Reject] = ()) -> pa.Table:
     """The plan as one ``CLIP_TASK_SCHEMA`` table: the planned tasks, then the rejects planning found (they go
     through the same skip-set and writers as every other task), each with its position (``order``)."""
-    from dataclasses import replace
-
     planned = [*tasks, *map(ClipTask.of_reject, rejects)]
     return pa.Table.from_pylist([replace(t, order=i).to_row() for i, t in enumerate(planned)],
                                 schema=CLIP_TASK_SCHEMA)

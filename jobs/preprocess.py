@@ -8,23 +8,20 @@ work already done (by content-hash task id), so they add no duplicates and pick 
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 
 try:
-    import cmbert  # noqa: F401
-except ImportError:  # run from a Ray working dir without the package installed
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from jobs import _wiring
+except ImportError:  # python jobs/preprocess.py: jobs/ is on sys.path, the repo root may not be
+    import _wiring
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cmbert import faults, incremental, storage
+from cmbert import incremental, storage
 from cmbert.audio.features import BACKENDS
-from cmbert.cli import parse_config
-from cmbert.inputs import ManifestError, build_tasks, read_manifest
+from cmbert.inputs import build_tasks, read_manifest
 from cmbert.pipeline import DIARIZERS, WORD_MODES, ClipParams
 from cmbert.incremental import Tally
 from cmbert.runinfo import code_version, config_json, new_run_id, utc_now
@@ -136,61 +133,41 @@ def pipeline(cfg: PreprocessConfig, tasks: list, early: list, targets, run_id: s
     the output's task ids), process the rest in an actor pool whose workers write their own files."""
     import ray
 
-    from cmbert.raysetup import cluster_cpus, init_ray, worker_runtime_env
+    from cmbert.raysetup import init_ray, worker_runtime_env
     from cmbert.stages import ClipWriter, identify_tasks, task_table
 
     init_ray()
     storage.require_shared(cfg.output)  # before any work: a cluster's nodes must all see a local output path
-    actors = cfg.actors or max(1, int(cluster_cpus()))
-    resources = {"num_gpus": 1} if cfg.gpu else {"num_cpus": 0.5}  # fractional: 2 actors on 2 CPUs, no deadlock
-    # Never credentials in a runtime_env: Ray logs its env_vars (runtime_env_agent.log) and shows them in the
-    # dashboard. Workers read the input and write the output through the filesystems passed to them.
-    env_vars = worker_runtime_env().get("env_vars", {})  # never credentials (cmbert/raysetup.py)
-    env_vars |= faults.worker_env()  # tests only
-    if env_vars:
-        resources["runtime_env"] = {"env_vars": env_vars}
+    pool = _wiring.actor_pool(gpu=cfg.gpu, actors=cfg.actors, env_vars=worker_runtime_env().get("env_vars"))
+    env = {"runtime_env": pool["runtime_env"]} if "runtime_env" in pool else {}
     ray.data.DataContext.get_current().enable_progress_bars = False  # we print our own progress line
-    input_fs = storage.locate(cfg.input).fs if cfg.input and storage.is_s3(cfg.input) else None
+    source = storage.locate(cfg.input) if cfg.input else None  # workers read through the driver's filesystem
     plan = task_table(tasks, early)
     blocks = max(1, min(plan.num_rows // max(cfg.clips_per_batch, 1), 200))
     step = -(-plan.num_rows // blocks)  # ceil: `blocks` blocks
     named = ray.data.from_arrow([plan.slice(i, step) for i in range(0, plan.num_rows, step)]).map_batches(
-        identify_tasks, fn_kwargs={"input_uri": cfg.input, "input_fs": input_fs}, batch_format="pyarrow",
-        batch_size=None, num_cpus=incremental.PLAN_CPUS,
-        **({"runtime_env": resources["runtime_env"]} if env_vars else {}))
+        identify_tasks, fn_kwargs={"input": source}, batch_format="pyarrow", batch_size=None,
+        num_cpus=incremental.PLAN_CPUS, **env)
     # Planned before the actor pool starts (a group by is a barrier anyway): on a small cluster the pool's actors
     # would otherwise hold the CPUs the shuffle's tasks wait for. The plan stays in the object store.
     todo = incremental.pending(named, done_keys(cfg.output, cfg.retry_rejects), "task_id", "order", CLIP_TASK_SCHEMA,
                                partitions=blocks).materialize()
     utterances, rejects = targets
     return todo.map_batches(
-        ClipWriter,
-        fn_constructor_kwargs={"stage_kwargs": {"input_uri": cfg.input, "params": ClipParams.from_config(cfg),
-                                                "run_id": run_id, "created_at": started, "input_fs": input_fs},
-                               "utterances": utterances, "rejects": rejects},
-        batch_size=cfg.clips_per_batch,
-        batch_format="pyarrow",
-        # All actors start at once (an autoscaling pool starting from 1 left a core idle for its first ~20 s), but
-        # the job runs with fewer when a busy cluster cannot place them all (a fixed-size pool would wait).
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
-        **resources,
-    )
+        ClipWriter, batch_size=cfg.clips_per_batch, batch_format="pyarrow", **pool,
+        fn_constructor_kwargs={"stage_kwargs": {"input": source, "params": ClipParams.from_config(cfg),
+                                                "run_id": run_id, "created_at": started},
+                               "utterances": utterances, "rejects": rejects})
+
+
+def report(cfg: PreprocessConfig, tally: Tally) -> None:
+    print(line(tally))
+    print(f"[preprocess] utterances: {cfg.output}/utterances  rejects: {cfg.output}/rejects  runs: {cfg.output}/runs")
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(PreprocessConfig, argv)
-    try:
-        tally = run(cfg)
-    except (ManifestError, storage.StorageError, storage.SchemaMismatchError) as exc:
-        print(f"preprocess: error: {exc}", file=sys.stderr)
-        return 2
-    print(line(tally))
-    print(f"[preprocess] utterances: {cfg.output}/utterances  rejects: {cfg.output}/rejects  runs: {cfg.output}/runs")
-    return 0
+    return _wiring.run_job("preprocess", PreprocessConfig, run, report, argv)
 
 
 if __name__ == "__main__":
-    from cmbert.console import quiet_console
-
-    quiet_console()
-    sys.exit(main())
+    _wiring.exit_with(main)
