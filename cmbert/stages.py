@@ -20,12 +20,32 @@ from cmbert.faults import kill_point
 from cmbert.manifest import Clip, ClipTask, Reject, StageError, content_id, source_id, task_id, text_id
 from cmbert.pipeline import ClipModels, ClipParams, diarizer_name, process_clip, text_utterance, words_mode
 from cmbert.storage import Location
-from schemas import CLIP_RESULT_SCHEMA, CLIP_TASK_SCHEMA
+from schemas import CLIP_RESULT_SCHEMA, CLIP_TASK_SCHEMA, REJECTS_SCHEMA, UTTERANCES_SCHEMA
 
 # Rejects at this stage (a file that exists but could not be read: storage unreachable, access denied) are
-# not final: the next run tries the file again (jobs/preprocess.py done_keys). All other rejects are final
+# not final: the next run tries the file again (``done_keys``). All other rejects are final
 # unless --retry-rejects.
 RETRIED_STAGE = "io"
+
+
+def done_keys(output: str, retry_rejects: bool = False):
+    """Task ids an earlier run finished, as a Ray dataset of ``task_id`` (None when there are none): those with
+    utterances, and (unless retried) those with a final reject row. A file that could not be read (stage ``io``:
+    storage down, access denied) is not final: it is tried again. The rejects table is a log of attempts: a
+    retried task that now succeeds keeps its old reject rows."""
+    from cmbert import incremental
+
+    def final(t: pa.Table):
+        return pc.not_equal(t.column("stage"), RETRIED_STAGE)
+
+    final.columns = ("stage",)
+    parts = [incremental.read_keys(f"{output}/utterances", "task_id", UTTERANCES_SCHEMA)]
+    if not retry_rejects:
+        parts.append(incremental.read_keys(f"{output}/rejects", "task_id", REJECTS_SCHEMA, keep=final))
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 class ClipStage:

@@ -16,15 +16,13 @@ try:
 except ImportError:  # python jobs/preprocess.py: jobs/ is on sys.path, the repo root may not be
     import _wiring
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from cmbert import incremental, storage
 from cmbert.audio.features import BACKENDS
 from cmbert.inputs import build_tasks, read_manifest
 from cmbert.pipeline import DIARIZERS, WORD_MODES, ClipParams
 from cmbert.incremental import Tally
 from cmbert.runinfo import code_version, config_json, new_run_id, utc_now
+from cmbert.stages import ClipWriter, done_keys, identify_tasks, task_table
 from schemas import CLIP_TASK_SCHEMA, REJECTS_SCHEMA, UTTERANCES_SCHEMA
 
 CLIP = ClipParams()  # the defaults of the clip options: the fields below named as ClipParams fields are those
@@ -64,26 +62,6 @@ class PreprocessConfig:
 def line(tally: Tally) -> str:
     return (f"[preprocess] clips {tally.processed + tally.skipped}/{tally.items}  utterances {tally.output_rows}  "
             f"rejects {tally.rejected}  skipped {tally.skipped}  audio {tally.audio_seconds / 3600:.3f} h")
-
-
-def done_keys(output: str, retry_rejects: bool = False):
-    """Task ids an earlier run finished, as a Ray dataset of ``task_id`` (None when there are none): those with
-    utterances, and (unless retried) those with a final reject row. A file that could not be read (stage ``io``:
-    storage down, access denied) is not final: it is tried again. The rejects table is a log of attempts: a
-    retried task that now succeeds keeps its old reject rows."""
-    from cmbert.stages import RETRIED_STAGE
-
-    def final(t: pa.Table):
-        return pc.not_equal(t.column("stage"), RETRIED_STAGE)
-
-    final.columns = ("stage",)
-    parts = [incremental.read_keys(f"{output}/utterances", "task_id", UTTERANCES_SCHEMA)]
-    if not retry_rejects:
-        parts.append(incremental.read_keys(f"{output}/rejects", "task_id", REJECTS_SCHEMA, keep=final))
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return None
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def run(cfg: PreprocessConfig) -> Tally:
@@ -134,7 +112,6 @@ def pipeline(cfg: PreprocessConfig, tasks: list, early: list, targets, run_id: s
     import ray
 
     from cmbert.raysetup import init_ray, worker_runtime_env
-    from cmbert.stages import ClipWriter, identify_tasks, task_table
 
     init_ray()
     storage.require_shared(cfg.output)  # before any work: a cluster's nodes must all see a local output path
