@@ -79,8 +79,8 @@ def test_exit_contract_in_process(capsys):
 
 @pytest.mark.parametrize("what, code", [("ok", 0), ("user", 2), ("crash", 1)])
 def test_exit_codes_of_a_process(what, code):
-    prog = ("import sys; from jobs import _wiring; sys.path.insert(0, 'tests'); "
-            "from test_jobs_wiring import ToyConfig, toy_run; "
+    prog = ("from jobs import _wiring; "
+            "from tests.jobs.test_jobs_wiring import ToyConfig, toy_run; "
             "_wiring.exit_with(lambda: _wiring.run_job('toy', ToyConfig, toy_run, argv=['--what', %r]))" % what)
     done = subprocess.run([sys.executable, "-c", prog], cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=120)
