@@ -73,6 +73,40 @@ REJECTS_SCHEMA = _versioned(
     ],
 )
 
+# Between preprocess's Ray stages (never written to the output): a planned task (``cmbert.manifest.ClipTask``),
+# and what a worker makes of it. Nullable where the value can be absent, so values arrive as they left.
+CLIP_TASK_SCHEMA = _versioned(
+    "clip_tasks",
+    "1",
+    [
+        pa.field("kind", pa.string(), nullable=False),  # media | text | reject
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("label", pa.float64()),
+        pa.field("start", pa.float64()),
+        pa.field("end", pa.float64()),
+        pa.field("extra", pa.map_(pa.string(), pa.string())),  # in manifest order
+        pa.field("row", pa.string()),  # the annotated manifest row's key
+        pa.field("task_id", pa.string()),  # null until named (media: by cmbert.stages.identify_tasks)
+        pa.field("clip_id", pa.string()),
+        pa.field("stage", pa.string()),  # rejects only
+        pa.field("reason", pa.string()),
+        pa.field("order", pa.int64(), nullable=False),  # position in the plan: of two tasks with one id, the first
+    ],
+)
+
+CLIP_RESULT_SCHEMA = _versioned(
+    "clip_results",
+    "1",
+    [
+        pa.field("kind", pa.string(), nullable=False),  # utterance | reject
+        pa.field("task_id", pa.string(), nullable=False),
+        pa.field("audio_seconds", pa.float64(), nullable=False),  # decoded audio of the task, on its first row only
+        pa.field("utterance", pa.struct(list(UTTERANCES_SCHEMA))),
+        pa.field("reject", pa.struct(list(REJECTS_SCHEMA))),
+    ],
+)
+
 # v2: ``source`` and ``extra`` (where the scored utterance comes from, as in UTTERANCES_SCHEMA). Files written
 # as v1 lack them: readers that pass this schema get nulls there.
 SCORES_SCHEMA = _versioned(
