@@ -19,7 +19,6 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
-import pyarrow.fs as pafs
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
@@ -130,16 +129,16 @@ def save_checkpoint(model, tokenizer, config: CMBertConfig, uri: str, meta: Chec
         full_meta = replace(meta, format=FORMAT, model_version=weights_version(state), files=files,
                             checkpoints=[], best=None)
         storage.write_json(os.path.join(stage, META), full_meta.to_dict())
-        publish_dir(pafs.LocalFileSystem(), stage, uri)
+        publish_checkpoint(stage, uri)
     return full_meta
 
 
-def publish_dir(src_fs: pafs.FileSystem, src_path: str, uri: str, skip: tuple[str, ...] = ()) -> None:
+def publish_checkpoint(src: "str | storage.Location", uri: str, skip: tuple[str, ...] = ()) -> None:
     """Copy the files of one checkpoint folder to ``uri``, meta.json last (and any old meta.json removed first),
     so a reader never sees a meta.json next to files from another save."""
-    src = storage.Location(src_fs, src_path, src_path)
-    if not storage.exists(src.join(META)):
-        raise CheckpointError(f"cannot publish {src_path}: it has no {META}")
+    names = storage.list_files(src, suffix=None, skip_hidden=False, recursive=False, relative=True)
+    if META not in names:
+        raise CheckpointError(f"cannot publish {storage.locate(src).path}: it has no {META}")
     storage.copy_tree(src, uri, skip=skip, last=(META,), recursive=False, action="write checkpoint to")
 
 
@@ -251,15 +250,18 @@ def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> LoadedModel
 
 @dataclass
 class ModelInfo:
+    """What scoring needs to know of a checkpoint before any weights load."""
+
     checkpoint: str  # the single checkpoint scored with (the best seed of a multi-seed output)
     model_id: str
     model_version: str
-    audio: "ModelAudio"  # noqa: F821 (cmbert.scoring.ModelAudio)
+    audio: "ModelAudio"  # noqa: F821 (cmbert.scoring.ModelAudio: which utterances' audio it can score)
 
 
 def read_model_info(checkpoint: str) -> ModelInfo:
-    """What scoring needs from a checkpoint, from its meta.json and config.json only (no weights read here)."""
-    from cmbert.scoring import ModelAudio
+    """``ModelInfo`` from a checkpoint's meta.json and config.json only (no weights read here); a multi-seed
+    output resolves to its best seed."""
+    from cmbert.scoring import ModelAudio  # scoring builds on this module, not the other way round
 
     checkpoint, meta = best_checkpoint(checkpoint)
     loc = locate(checkpoint).join(CONFIG)

@@ -29,7 +29,7 @@ except ImportError:  # python jobs/train.py: jobs/ is on sys.path, the repo root
 import pyarrow.compute as pc
 
 from cmbert import storage
-from cmbert.checkpoint import TRAIN_STATE_FILES, CheckpointMeta, publish_dir, read_meta, write_multiseed_meta
+from cmbert.checkpoint import TRAIN_STATE_FILES, CheckpointMeta, publish_checkpoint, read_meta, write_multiseed_meta
 from cmbert.cli import option, shared_fields
 from cmbert.collate import read_utterances
 from cmbert.encoders import resolve_encoder
@@ -133,7 +133,8 @@ def run(cfg: TrainConfig) -> dict:
             if not scored:
                 raise RuntimeError(f"seed {seed}: training reported no checkpoint with a finite dev loss")
             best_ckpt, best = min(scored, key=lambda cm: cm[1]["dev_loss"])
-            publish_dir(best_ckpt.filesystem, best_ckpt.path, out.join(f"seed-{seed}").uri, skip=TRAIN_STATE_FILES)
+            publish_checkpoint(storage.Location(best_ckpt.filesystem, best_ckpt.path, best_ckpt.path),
+                               out.join(f"seed-{seed}").uri, skip=TRAIN_STATE_FILES)
             runs.append({"seed": seed, "checkpoint": f"seed-{seed}", "best_epoch": best["epoch"],
                          "model_version": read_meta(out.join(f"seed-{seed}").uri).model_version,
                          "train_rows_per_s": best["train_rows_per_s"],

@@ -13,7 +13,7 @@ import jobs.train
 from cmbert import storage
 from cmbert.checkpoint import load_checkpoint
 from cmbert.model import CMBertConfig
-from cmbert.testing import LocalSession, loop_config, tiny_encoder_dir, tiny_rows, write_utterances
+from cmbert.testing import LocalSession, tiny_encoder_dir, tiny_loop_config, tiny_rows, write_utterances
 from cmbert.training import train_func
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def data():
 
 def run_local(data, epochs, resume_from=None) -> LocalSession:
     session = LocalSession(data, resume_from)
-    train_func(loop_config(epochs), session=session)
+    train_func(tiny_loop_config(epochs), session=session)
     return session
 
 
