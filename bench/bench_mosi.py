@@ -12,7 +12,7 @@ order given: by default MPNet CM-BERT, MiniLM CM-BERT, MPNet T-BERT, MiniLM T-BE
 interrupted or budget-limited run still has the most important figures. A run starts only when the elapsed time
 plus that (encoder, model)'s last measured time stays within --budget-min. With --reuse, finished runs of an
 earlier invocation in --work are kept (so seeds can be added later). Reports mean ± std (ddof=1) over seeds, the
-training wall time, and MFU: bench/bench_train.py's analytic training FLOPs per sample (train_flops_per_sample, at
+training wall time, and MFU: cmbert.model.estimate_flops's analytic training FLOPs per sample (at
 the training rows' mean word-piece count) x rows/s / 167 GFLOP/s (the fp32 peak in ../shared/STACK.md), both from
 the job's in-loop rows/s (last epoch) and from the whole train job's wall time (Ray start-up, dev evaluation each
 epoch and checkpoint writes included). Writes bench/results/mosi.json.
@@ -65,17 +65,16 @@ def run_one(name: str, seed: int, extra: list[str], train_uri: str, dev_uri: str
 
 
 def mfu(result: dict, model_dir: str, train_uri: str, epochs: int) -> dict:
-    """MFU of one training run, from bench_train's FLOP formula at the training rows' mean word-piece count."""
-    from bench_train import train_flops_per_sample
-
+    """MFU of one training run, from cmbert.model.estimate_flops at the training rows' mean word-piece count."""
     from cmbert.checkpoint import load_checkpoint
     from cmbert.collate import read_utterances, token_lengths
+    from cmbert.model import estimate_flops
 
     lm = load_checkpoint(model_dir)
     table, _ = read_utterances(train_uri)
     rows = table.to_pylist()
     tokens = sum(token_lengths(rows, lm.tokenizer, lm.config.max_len)) / len(rows)
-    flops = train_flops_per_sample(lm.model, tokens)
+    flops = estimate_flops(lm.config, tokens)["train"]
     in_loop = result.get("train_rows_per_s_last_epoch") or result["train_rows_per_s"]
     wall_rows_per_s = len(rows) * epochs / result["train_s"]
     return {"tokens_per_row": tokens, "train_gflop_per_row": flops / 1e9, "rows_per_s_wall": wall_rows_per_s,

@@ -15,9 +15,9 @@ import re
 
 import polars as pl
 
+from cmbert import storage
 from cmbert.errors import UserError
 from cmbert.manifest import ClipTask, Reject, row_key, source_id, task_id, text_id
-from cmbert import storage
 from cmbert.storage import StorageError
 
 MEDIA_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".m4a", ".wav", ".flac", ".mp3", ".ogg", ".opus", ".aac")

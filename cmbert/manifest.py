@@ -145,6 +145,9 @@ class Word:
     features: tuple[float, ...] | None = None  # LLDs averaged over [start, end]
 
 
+NO_AUDIO = "none"  # the feature_set of an utterance without audio features (stored as is: existing data has it)
+
+
 @dataclass(frozen=True)
 class Utterance:
     clip_id: str
@@ -156,7 +159,7 @@ class Utterance:
     text: str
     words: tuple[Word, ...]
     words_source: str  # align | asr | text
-    feature_set: str  # name of the acoustic feature set, "none" when audio is absent
+    feature_set: str  # name of the acoustic feature set, NO_AUDIO when audio is absent
     feature_dim: int
     label: float | None = None
     extra: tuple[tuple[str, str], ...] = ()

@@ -19,6 +19,10 @@ from torch import nn
 from cmbert.encoders import DEFAULT_ENCODER, MINILM, MPNET, resolve_encoder  # noqa: F401 (re-exported)
 
 
+TEXT_ONLY = "none"  # the fusion of a text-only model (T-BERT: no audio at all)
+FUSIONS = ("cmbert", TEXT_ONLY)
+
+
 @dataclass
 class CMBertConfig:
     encoder: str = DEFAULT_ENCODER  # "mpnet", "minilm" (cmbert/encoders.py), a model directory or an offline hub id
@@ -47,8 +51,8 @@ class CMBertConfig:
     audio_std: list[float] | None = None
 
     def __post_init__(self) -> None:
-        if self.fusion not in ("cmbert", "none"):
-            raise ValueError(f"fusion must be 'cmbert' or 'none', not {self.fusion!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
         if self.cls_audio not in ("zero", "mean"):
             raise ValueError(f"cls_audio must be 'zero' or 'mean', not {self.cls_audio!r}")
         if self.text_kernel % 2 == 0 or self.audio_kernel % 2 == 0:
@@ -247,3 +251,30 @@ def load_tokenizer(config: CMBertConfig):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_encoder(config.encoder))
+
+
+# ---------------------------------------------------------------- FLOPs (as nanoGPT's estimate_mfu)
+
+
+def estimate_flops(config: CMBertConfig, tokens: float) -> dict[str, float]:
+    """Matmul FLOPs of one utterance of ``tokens`` real word-pieces: ``forward``, and ``train`` = 3 x forward
+    (backward ~ 2 x forward). Analytic, from the config alone (the encoder's sizes: ``encoder_config``, else the
+    encoder's own config file); padding is not useful work, so it is not counted. Per encoder layer: Q, K, V, O
+    and the FFN, 2 t (4 H^2 + 2 H I), plus QK^T and AV over all heads, 4 t^2 H. The fusion (eq. 1-8): the two
+    projections, 2 t D (H k_t + Da k_a); the two T x T similarities, 4 t^2 D; W_m X_t, 2 t^2 H; its dense layer,
+    2 t H^2; with ``audio_values`` also A V_a, 2 t Da H (W_m then multiplies X_t + A V_a: no second product).
+    The head: 2 H. Embeddings, norms, biases and softmaxes are left out (about 0.1%)."""
+    enc = config.encoder_config
+    if enc is None:
+        from transformers import AutoConfig
+
+        enc = AutoConfig.from_pretrained(resolve_encoder(config.encoder)).to_dict()
+    h, inter, layers, t = enc["hidden_size"], enc["intermediate_size"], enc["num_hidden_layers"], float(tokens)
+    fwd = layers * (2 * t * (4 * h * h + 2 * h * inter) + 4 * t * t * h) + 2 * h
+    if config.fusion == "cmbert":
+        d, da = config.proj_dim, config.audio_dim
+        fwd += 2 * t * d * (h * config.text_kernel + da * config.audio_kernel) + 4 * t * t * d + 2 * t * t * h
+        fwd += 2 * t * h * h
+        if config.audio_values:
+            fwd += 2 * t * da * h
+    return {"forward": fwd, "train": 3.0 * fwd}

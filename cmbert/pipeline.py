@@ -25,9 +25,10 @@ from cmbert.audio.features import DEFAULT_BACKEND, word_features
 from cmbert.audio.utterances import SplitParams, split_utterances
 from cmbert.audio.vad import LevelParams, VadParams, boost_quiet, detect_energy, detect_speech
 from cmbert.audio.words import WordParams, align_words, spread_words, transcribe
-from cmbert.manifest import Clip, StageError, Utterance, Word
+from cmbert.manifest import NO_AUDIO, Clip, StageError, Utterance, Word
 
-DIARIZERS = ("auto", "pyannote", "dvector", "none")
+SINGLE_SPEAKER = "none"  # the diarizer that finds no turns: one speaker per clip
+DIARIZERS = ("auto", "pyannote", "dvector", SINGLE_SPEAKER)
 DEFAULT_DIARIZER = "pyannote"  # what "auto" runs: the better on DER (bench/bench_diarize.py, README)
 WORD_MODES = ("auto", "align", "asr")
 
@@ -168,7 +169,7 @@ def speaker_turns(audio: np.ndarray, speech, models: ClipModels, params: ClipPar
     from dataclasses import replace
 
     name = diarizer_name(params)
-    if name == "none":
+    if name == SINGLE_SPEAKER:
         return diarize_single(speech)
     if name == "pyannote":
         return diarize_pyannote(audio, models.pyannote, PyannoteRun(num_speakers=params.num_speakers), speech)
@@ -200,7 +201,7 @@ def text_utterance(clip: Clip) -> Utterance:
         text=clip.text,
         words=words,
         words_source="text",
-        feature_set="none",
+        feature_set=NO_AUDIO,
         feature_dim=0,
         label=clip.label,
         extra=clip.extra,

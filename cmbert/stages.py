@@ -225,8 +225,6 @@ class ScoreWriter:
         self.rows_per_pass, self.flush_rows = rows_per_pass, max(1, flush_rows)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow.dataset as pads
-
         from cmbert.incremental import manifest_row, manifest_table
         from cmbert.scoring import INPUT_COLUMNS, PARTITION_COLUMNS, scorable
 
@@ -234,8 +232,8 @@ class ScoreWriter:
         paths = batch.column("path").to_pylist()
         for path, ids in zip(paths, batch.column("ids").to_pylist()):
             if ids:
-                ds = pads.dataset(path, filesystem=self.input_fs, format="parquet")
-                parts.append(ds.to_table(columns=INPUT_COLUMNS, filter=pc.field("utterance_id").isin(ids)))
+                parts.append(storage.read_file(storage.Location(self.input_fs, path, path), columns=INPUT_COLUMNS,
+                                               filter=pc.field("utterance_id").isin(ids)))
         rows = pa.concat_tables(parts, promote_options="permissive") if parts else None
         n = 0 if rows is None else rows.num_rows
         reasons: dict[str, int] = {}

@@ -9,12 +9,12 @@ import datetime as dt
 import functools
 import os
 import random
-import shutil
 import tempfile
 from dataclasses import asdict
 
-import numpy as np
 import pyarrow as pa
+
+from cmbert import storage
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -49,30 +49,50 @@ def tiny_encoder_dir() -> str:
     return path
 
 
-def tiny_rows(n: int, audio_dim: int = 4, seed: int = 0, audio: bool = True) -> list[dict]:
-    """Utterance rows: the label follows the sentiment words, and audio feature 0 follows the label."""
+def utterance_rows(n: int, *, start: int = 0, seed: int = 0, words: tuple[int, int] = (3, 12),
+                   vocab: tuple[str, ...] | list[str] = WORDS, audio_dim: int = 4, feature_set: str = "gen",
+                   audio: bool = True, no_audio: int = 0, labelled: bool = True,
+                   run_id: str = "test-run") -> list[dict]:
+    """``n`` generated utterances (rows ``start`` .. ``start + n - 1``), each its own clip, built with the data model.
+
+    Each has ``words[0]``..``words[1]`` words drawn from ``vocab``; the label follows the sentiment words (None
+    unless ``labelled``), and audio feature 0 (of ``audio_dim``) follows the label. Text-only rows (all of them
+    without ``audio``, else the last ``no_audio``) have no times, no features and ``feature_set`` "none". The same
+    arguments give the same rows; rows of another ``start`` have other ids.
+    """
     from cmbert.manifest import Utterance, Word, text_id
 
-    rng = random.Random(seed)
+    rng = random.Random(seed + start)
     now = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     rows = []
-    for i in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 12))]
-        label = max(-3.0, min(3.0, sum((w in POSITIVE) - (w in NEGATIVE) for w in words) + rng.gauss(0, 0.3)))
+    for i in range(start, start + n):
+        timed = audio and i < start + n - no_audio
+        ws = [rng.choice(vocab) for _ in range(rng.randint(*words))]
+        label = max(-3.0, min(3.0, sum((w in POSITIVE) - (w in NEGATIVE) for w in ws) + rng.gauss(0, 0.3)))
         t, word_objs = 0.0, []
-        for w in words:
+        for w in ws:
             feats = tuple([label / 3 + rng.gauss(0, 0.1)] + [rng.gauss(0, 1) for _ in range(audio_dim - 1)])
-            word_objs.append(Word(w, t if audio else None, t + 0.3 if audio else None, "S0",
-                                  feats if audio else None))
+            word_objs.append(Word(w, t if timed else None, t + 0.3 if timed else None, "S0", feats if timed else None))
             t += 0.35
-        text = " ".join(words)
+        text = " ".join(ws)
         clip = text_id(f"{seed}-{i}-{text}")
-        utt = Utterance(clip_id=clip, task_id=clip, source=f"gen/{i}.wav" if audio else f"manifest:{i}", speaker="S0",
-                        start=0.0 if audio else None, end=t if audio else None, text=text, words=tuple(word_objs),
-                        words_source="align" if audio else "text", feature_set="gen" if audio else "none",
-                        feature_dim=audio_dim if audio else 0, label=round(label, 3))
-        rows.append(utt.to_row("test-run", now))
+        utt = Utterance(clip_id=clip, task_id=clip, source=f"gen/{i}.wav" if timed else f"manifest:{i}", speaker="S0",
+                        start=0.0 if timed else None, end=t if timed else None, text=text, words=tuple(word_objs),
+                        words_source="align" if timed else "text", feature_set=feature_set if timed else "none",
+                        feature_dim=audio_dim if timed else 0, label=round(label, 3) if labelled else None)
+        rows.append(utt.to_row(run_id, now))
     return rows
+
+
+def tiny_rows(n: int, audio_dim: int = 4, seed: int = 0, audio: bool = True) -> list[dict]:
+    """The training tests' rows: labelled, 3-12 words, ``audio_dim`` generated features (see utterance_rows)."""
+    return utterance_rows(n, seed=seed, audio_dim=audio_dim, audio=audio)
+
+
+def scoring_rows(n: int, start: int = 0, no_audio: int = 0, seed: int = 0) -> list[dict]:
+    """The score tests' rows: unlabelled, 2-11 words, with make_checkpoint's default features (FEATURES, DIM)."""
+    return utterance_rows(n, start=start, seed=seed, words=(2, 11), vocab=SCORE_WORDS, audio_dim=DIM,
+                          feature_set=FEATURES, no_audio=no_audio, labelled=False, run_id="preprocess-test")
 
 
 def write_utterances(path: str, rows: list[dict]) -> str:
@@ -83,54 +103,35 @@ def write_utterances(path: str, rows: list[dict]) -> str:
     return path
 
 
-def make_checkpoint(uri: str, feature_set: str = FEATURES, feature_dim: int = DIM, **config) -> dict:
-    """A tiny CM-BERT (2 layers, hidden 32) with the bundled MiniLM tokenizer, saved with the real API."""
+def make_checkpoint(uri: str, feature_set: str = FEATURES, feature_dim: int = DIM, *, encoder: str | None = None,
+                    model_id: str = "cmbert-tiny", **config) -> dict:
+    """An untrained CM-BERT saved with the real API: the tiny BERT (2 layers, hidden 32) with the bundled MiniLM
+    tokenizer, or the named ``encoder``'s real weights (bench/)."""
     import torch
 
     from cmbert.checkpoint import save_checkpoint
     from cmbert.model import CMBertConfig, build_model, load_tokenizer
 
     torch.manual_seed(0)
-    cfg = CMBertConfig(encoder="minilm", encoder_config=tiny_encoder_config(), audio_dim=max(feature_dim, 1),
-                       max_len=32, **config)
+    if encoder is None:
+        cfg = CMBertConfig(encoder="minilm", encoder_config=tiny_encoder_config(), audio_dim=max(feature_dim, 1),
+                           max_len=32, **config)
+    else:
+        cfg = CMBertConfig(encoder=encoder, audio_dim=max(feature_dim, 1), **config)
     model = build_model(cfg)
-    meta = {"feature_set": feature_set, "feature_dim": feature_dim, "model_id": "cmbert-tiny", "seed": 0}
+    meta = {"feature_set": feature_set, "feature_dim": feature_dim, "model_id": model_id, "seed": 0}
     return save_checkpoint(model, load_tokenizer(cfg), cfg, uri, meta)
 
 
-def utterance_rows(n: int, start: int = 0, no_audio: int = 0, seed: int = 0) -> list[dict]:
-    """``n`` utterances of clip ids clip-0..2; the last ``no_audio`` of them are text-only rows."""
-    rng = np.random.default_rng(seed + start)
-    now = dt.datetime(2024, 4, 30, tzinfo=dt.timezone.utc)
-    rows = []
-    for i in range(start, start + n):
-        absent = i >= start + n - no_audio
-        k = int(rng.integers(2, 12))
-        words = [SCORE_WORDS[int(j)] for j in rng.integers(0, len(SCORE_WORDS), size=k)]
-        t0 = float(i)
-        rows.append({
-            "utterance_id": f"clip-{i % 3}-{i * 1000:09d}", "task_id": f"clip-{i % 3}", "clip_id": f"clip-{i % 3}",
-            "source": f"clip-{i % 3}.wav", "speaker": None if absent else f"SPEAKER_{i % 2:02d}",
-            "start": None if absent else t0, "end": None if absent else t0 + 0.3 * k, "text": " ".join(words),
-            "label": None,
-            "words": [{"word": w, "start": None if absent else t0 + 0.3 * j, "end": None if absent else t0 + 0.3 * j + 0.25,
-                       "speaker": None, "features": None if absent else rng.normal(size=DIM).astype(np.float32).tolist()}
-                      for j, w in enumerate(words)],
-            "words_source": "text" if absent else "align", "audio_present": not absent,
-            "feature_set": "none" if absent else FEATURES, "feature_dim": 0 if absent else DIM,
-            "extra": [], "run_id": "preprocess-test", "created_at": now,
-        })
-    return rows
-
-
 class LocalSession:
-    """train_func's view of Ray Train, in-process: one worker, checkpoints copied to a temp folder."""
+    """train_func's view of Ray Train, in-process: one worker on ``device``; each reported checkpoint is copied
+    to a temp folder (unless ``keep_checkpoints`` is False) and ``reports`` holds (metrics, copy or None)."""
 
     rank, world_size = 0, 1
 
-    def __init__(self, rows: dict, resume_from: str | None = None):
-        self._rows, self.resume_from = rows, resume_from
-        self.out = tempfile.mkdtemp(prefix="cmbert-local-run-")
+    def __init__(self, rows: dict, resume_from: str | None = None, device: str = "cpu", keep_checkpoints: bool = True):
+        self._rows, self.resume_from, self._device = rows, resume_from, device
+        self.out = tempfile.mkdtemp(prefix="cmbert-local-run-") if keep_checkpoints else None
         self.reports = []
 
     def rows(self, name):
@@ -139,7 +140,7 @@ class LocalSession:
     def device(self):
         import torch
 
-        return torch.device("cpu")
+        return torch.device(self._device)
 
     def prepare(self, model):
         return model
@@ -150,13 +151,23 @@ class LocalSession:
 
     def report(self, metrics, checkpoint_dir, name):
         saved = None
-        if checkpoint_dir:
+        if checkpoint_dir and self.out is not None:
             saved = os.path.join(self.out, name)
-            shutil.copytree(checkpoint_dir, saved)
-        self.reports.append((metrics, saved))
+            storage.copy_tree(checkpoint_dir, saved)
+        self.reports.append((dict(metrics), saved))
 
 
-def loop_config(epochs: int) -> dict:
+def loop_config(train_cfg, model_cfg, *, seed: int = 1, feature_set: str = "gen", feature_dim: int = 4,
+                model_id: str = "tiny", threads: int = 1, run_id: str = "test", code_version: str = "test",
+                missing_audio: str = "refuse") -> dict:
+    """train_func's config as jobs/train.py builds it, from a TrainConfig and a CMBertConfig."""
+    return {"train": asdict(train_cfg), "seed": seed, "model": model_cfg.to_dict(), "audio_dim": model_cfg.audio_dim,
+            "feature_set": feature_set, "feature_dim": feature_dim, "model_id": model_id, "threads": threads,
+            "run_id": run_id, "code_version": code_version, "missing_audio": missing_audio}
+
+
+def tiny_loop_config(epochs: int) -> dict:
+    """The training tests' loop: the tiny BERT, 4 generated features, batches of 8 (rows from tiny_rows)."""
     from jobs import train
 
     from cmbert.model import CMBertConfig
@@ -164,7 +175,4 @@ def loop_config(epochs: int) -> dict:
     enc = tiny_encoder_dir()
     cfg = train.TrainConfig(train="-", dev="-", output="-", encoder=enc, cls_audio="mean", epochs=epochs,
                             batch_size=8, fusion_lr=1e-3)
-    model = CMBertConfig(encoder=enc, cls_audio="mean", audio_dim=4)
-    return {"train": asdict(cfg), "seed": 1, "model": model.to_dict(), "audio_dim": 4, "feature_set": "gen",
-            "feature_dim": 4, "model_id": "tiny", "threads": 1, "run_id": "test", "code_version": "test",
-            "missing_audio": "refuse"}
+    return loop_config(cfg, CMBertConfig(encoder=enc, cls_audio="mean", audio_dim=4))

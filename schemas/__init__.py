@@ -51,7 +51,7 @@ UTTERANCES_SCHEMA = _versioned(
         pa.field("words", pa.list_(WORD_TYPE), nullable=False),
         pa.field("words_source", pa.string(), nullable=False),  # align | asr | text | spread (alignment failed: words laid over the speech)
         pa.field("audio_present", pa.bool_(), nullable=False),
-        pa.field("feature_set", pa.string(), nullable=False),  # e.g. egemaps_v02_lld, or "none"
+        pa.field("feature_set", pa.string(), nullable=False),  # e.g. egemaps_v02_lld, or "none" (manifest.NO_AUDIO)
         pa.field("feature_dim", pa.int32(), nullable=False),
         pa.field("extra", pa.map_(pa.string(), pa.string())),  # other manifest columns, carried through as text
         pa.field("run_id", pa.string(), nullable=False),
@@ -132,6 +132,15 @@ SCORES_SCHEMA = _versioned(
         pa.field("scored_at", UTC_TIME, nullable=False),
         pa.field("score_date", pa.string(), nullable=False),  # YYYY-MM-DD, the partition key
     ],
+)
+
+# What the score stage returns for each utterance (intermediate, never written as is): a SCORES_SCHEMA row, or the
+# same row with ``error`` set and no score (not written; counted as rejected with its reason). Follows
+# SCORES_SCHEMA's columns and version.
+SCORE_RESULT_SCHEMA = _versioned(
+    "score_result",
+    SCORES_SCHEMA.metadata[b"cmbert.schema_version"].decode(),
+    [f.with_nullable(True) for f in SCORES_SCHEMA] + [pa.field("error", pa.string())],
 )
 
 RUNS_SCHEMA = _versioned(

@@ -7,3 +7,4 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 CORPUS = FIXTURES / "corpus"  # the committed demo clips and their manifest
 SHARED_DATA = REPO.parent / "shared" / "data"
+DEMO = "runs/demo"  # what `make demo` writes (jobs/demo.py --output runs/demo), relative to where it runs

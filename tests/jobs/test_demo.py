@@ -4,26 +4,18 @@ loopback the whole time."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-from cmbert.testing import tiny_encoder_dir
-from tests.helpers import REPO
-from tests.helpers.netcheck import CONSOLE_NOISE, run_watching
+from tests.helpers import DEMO
+from tests.helpers.netcheck import CONSOLE_NOISE
 
 pytestmark = pytest.mark.slow
 
 
-def test_demo_console_shows_the_jobs_and_nothing_of_ray(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    env["PYTHONPATH"] = str(REPO)
-    out = tmp_path / "demo"
-    done, seen = run_watching([sys.executable, str(REPO / "jobs" / "demo.py"), "--output", str(out),
-                               "--encoder", tiny_encoder_dir(), "--epochs", "1"], env, str(REPO), timeout=900)
-    console = done.stdout
-    assert done.returncode == 0, console[-4000:]
+def test_demo_console_shows_the_jobs_and_nothing_of_ray(demo_run):
+    console, seen = demo_run.console, demo_run.seen
+    out = demo_run.root / DEMO
+    assert demo_run.returncode == 0, console[-4000:]
     noisy = [line for line in console.splitlines() if any(n in line for n in CONSOLE_NOISE)]
     assert not noisy, f"the demo's console carries Ray's internals: {noisy[:5]}"
     for step in ("=== preprocess", "=== train", "=== evaluate", "=== score", "=== query", "=== demo outputs",

@@ -1,13 +1,13 @@
 """The README's snippets work as pasted after `make demo`: every Python block and every shell command that touches
-the demo's outputs runs, unchanged, in a folder laid out as the demo leaves it (runs/demo/...), against a small
-real score output made by the real jobs (preprocess on two demo clips, score with a tiny CM-BERT checkpoint)."""
+the demo's outputs runs, unchanged, in the folder `python jobs/demo.py` ran in (runs/demo/...: the real jobs on
+the demo corpus, with a tiny encoder and one epoch; the run test_demo.py checks)."""
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,17 +15,12 @@ import polars as pl
 import pytest
 
 from cmbert import query
-import jobs.preprocess
-import jobs.score
-from cmbert.testing import make_checkpoint
-from tests.helpers import REPO
+from tests.helpers import CORPUS, DEMO, REPO
 
 pytestmark = pytest.mark.slow
 
 README = REPO / "README.md"
-CORPUS = REPO / "tests" / "fixtures" / "corpus"
-DEMO = "runs/demo"  # what `make demo` writes (jobs/demo.py --output runs/demo)
-CLIPS = ("two_speakers.wav", "terrible_film.wav")
+CLIPS = ("two_speakers.wav", "terrible_film.wav")  # two of the demo's clips: the README plots the first
 
 
 def blocks(lang: str) -> list[str]:
@@ -39,22 +34,11 @@ def demo_commands() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def demo_dir(ray_local, tmp_path_factory) -> Path:
-    """A folder with runs/demo/data and runs/demo/scored made by the real jobs, and .venv as in the repo."""
-    root = tmp_path_factory.mktemp("readme")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    rows = [ln for ln in (CORPUS / "manifest.csv").read_text().splitlines()[1:] if ln.split(",")[0] in CLIPS]
-    (corpus / "manifest.csv").write_text("file,text,label\n" + "\n".join(rows) + "\n")
-    for name in CLIPS:
-        shutil.copy(CORPUS / name, corpus / name)
-    demo = root / DEMO
-    preprocess, score = jobs.preprocess, jobs.score
-    assert preprocess.main(["--input", str(corpus), "--manifest", str(corpus / "manifest.csv"), "--output",
-                            str(demo / "data"), "--features", "egemaps", "--actors", "1"]) == 0
-    make_checkpoint(str(demo / "checkpoint"), cls_audio="mean")  # egemaps_v02_lld / 25
-    assert score.main(["--checkpoint", str(demo / "checkpoint"), "--input", str(demo / "data" / "utterances"),
-                       "--output", str(demo / "scored"), "--actors", "1", "--batch-size", "8"]) == 0
+def demo_dir(demo_run) -> Path:
+    """The folder `python jobs/demo.py` ran in (tests/jobs/conftest.py: the real jobs on the demo corpus, a tiny
+    encoder), with runs/demo/data, checkpoint and scored as `make demo` leaves them, and .venv as in the repo."""
+    assert demo_run.returncode == 0, demo_run.console[-4000:]
+    root = demo_run.root
     (root / ".venv").symlink_to(REPO / ".venv")
     return root
 
@@ -89,5 +73,7 @@ def test_readme_demo_commands_run_as_pasted(demo_dir):
                 png = demo_dir / argv[i + (2 if a == "--plot-clip" else 1)]
                 assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", line
     scores = query.scan_scores(str(demo_dir / DEMO / "scored" / "scores")).collect()
-    assert set(scores["source"]) == set(CLIPS) and scores.height > 0
+    with open(CORPUS / "manifest.csv", newline="") as f:
+        demo_clips = {row["file"] for row in csv.DictReader(f)}  # the demo corpus: every clip is scored
+    assert set(scores["source"]) == demo_clips and scores.height > 0
     assert scores.select(pl.col("model_version").n_unique()).item() == 1

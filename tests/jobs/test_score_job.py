@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pytest
 
 from cmbert import storage
-from cmbert.testing import SCORE_DATE, make_checkpoint, utterance_rows, write_utterances
+from cmbert.testing import SCORE_DATE, make_checkpoint, scoring_rows, write_utterances
 from jobs import score as score_job
 from schemas import RUNS_SCHEMA, SCORES_SCHEMA
 
@@ -41,7 +41,7 @@ def checkpoint(tmp_path_factory) -> tuple[str, dict]:
 def test_local_exactly_once_and_incremental(ray_local, checkpoint, tmp_path, monkeypatch, capsys):
     ckpt, meta = checkpoint
     data, out = f"{tmp_path}/data/utterances", f"{tmp_path}/out"
-    first = utterance_rows(20, no_audio=2)
+    first = scoring_rows(20, no_audio=2)
     write_utterances(data, first[:12])
     write_utterances(data, first[12:])
 
@@ -85,7 +85,7 @@ def test_local_exactly_once_and_incremental(ray_local, checkpoint, tmp_path, mon
     assert read_scores(out).num_rows == 18
 
     # new utterances (and a re-published old one): only the new ones are scored
-    more = utterance_rows(6, start=20)
+    more = scoring_rows(6, start=20)
     write_utterances(data, more + first[:1])
     assert run_score(ckpt, data, out) == 0
     scores = read_scores(out)
@@ -106,7 +106,7 @@ def test_local_exactly_once_and_incremental(ray_local, checkpoint, tmp_path, mon
 def test_feature_set_mismatch_is_refused_before_any_work(checkpoint, tmp_path, capsys):
     ckpt, _ = checkpoint
     data, out = f"{tmp_path}/utterances", f"{tmp_path}/out"
-    rows = utterance_rows(3)
+    rows = scoring_rows(3)
     for r in rows:
         r["feature_set"] = "compare_2016_lld"
     write_utterances(data, rows)
@@ -132,7 +132,7 @@ def test_s3_checkpoint_input_and_output(ray_local, s3_env, tmp_path):
     bucket = s3_env
     ckpt, data, out = f"s3://{bucket}/models/tiny", f"s3://{bucket}/data/utterances", f"s3://{bucket}/out"
     make_checkpoint(ckpt, cls_audio="zero")
-    write_utterances(data, utterance_rows(10, no_audio=1))
+    write_utterances(data, scoring_rows(10, no_audio=1))
     assert run_score(ckpt, data, out) == 0
     assert read_scores(out).num_rows == 10
     assert run_score(ckpt, data, out) == 0

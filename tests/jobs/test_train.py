@@ -12,7 +12,7 @@ import jobs.evaluate
 import jobs.train
 from cmbert.checkpoint import load_checkpoint
 from cmbert.model import CMBertConfig
-from cmbert.testing import LocalSession, loop_config, tiny_encoder_dir, tiny_rows, write_utterances
+from cmbert.testing import LocalSession, tiny_encoder_dir, tiny_loop_config, tiny_rows, write_utterances
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def data():
 
 def run_local(data, epochs, resume_from=None) -> LocalSession:
     session = LocalSession(data, resume_from)
-    jobs.train.train_func(loop_config(epochs), session=session)
+    jobs.train.train_func(tiny_loop_config(epochs), session=session)
     return session
 
 

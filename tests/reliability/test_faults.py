@@ -28,7 +28,7 @@ import pytest
 
 import jobs.train
 from cmbert import faults, storage
-from cmbert.testing import (SCORE_DATE, LocalSession, loop_config, make_checkpoint, utterance_rows,
+from cmbert.testing import (SCORE_DATE, LocalSession, make_checkpoint, scoring_rows, tiny_loop_config,
                             write_utterances)
 from jobs import preprocess
 from jobs import score as score_job
@@ -94,7 +94,7 @@ def expected_scores(ckpt: str, rows: list[dict]) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_actor_killed_mid_score(tmp_path, ray_local, tiny_checkpoint, monkeypatch):
-    rows = utterance_rows(40)
+    rows = scoring_rows(40)
     data, out = f"{tmp_path}/utterances", f"{tmp_path}/out"
     write_utterances(data, rows)
     want = expected_scores(tiny_checkpoint, rows)
@@ -130,7 +130,7 @@ def test_damaged_checkpoint_is_refused_by_the_score_job_before_any_work(tmp_path
     else:
         weights.unlink()
     data, out = f"{tmp_path}/utterances", tmp_path / "out"
-    write_utterances(data, utterance_rows(4))
+    write_utterances(data, scoring_rows(4))
     assert score_job.main(["--checkpoint", str(ckpt), "--input", data, "--output", str(out), *SCORE_FLAGS]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     phrase = {"truncated": "truncated", "bytes-changed": "sha256", "file-missing": "is missing"}[damage]
@@ -219,7 +219,7 @@ def test_s3_stopped_mid_write_then_rerun_completes(tmp_path, ray_local, tiny_che
                                                    capfd):
     s3 = private_s3
     bucket = s3.server.create_bucket("fault")
-    rows = utterance_rows(40)
+    rows = scoring_rows(40)
     data, out = f"{tmp_path}/utterances", f"s3://{bucket}/scored"
     for i in range(4):  # four input files: the workers stage one score file per input file
         write_utterances(data, rows[10 * i:10 * (i + 1)])
@@ -330,13 +330,13 @@ def test_training_interrupted_mid_epoch_resumes_to_the_same_result():
             return model
 
     straight = LocalSession(data)
-    train.train_func(loop_config(2), session=straight)
+    train.train_func(tiny_loop_config(2), session=straight)
     killed = DiesMidEpoch(data)
     with pytest.raises(Interrupted):
-        train.train_func(loop_config(2), session=killed)
+        train.train_func(tiny_loop_config(2), session=killed)
     assert [m["epoch"] for m, _ in killed.reports] == [0]  # only epoch 0 reached a checkpoint
     resumed = LocalSession(data, resume_from=killed.reports[0][1])
-    train.train_func(loop_config(2), session=resumed)
+    train.train_func(tiny_loop_config(2), session=resumed)
 
     assert [m["epoch"] for m, _ in resumed.reports] == [1]
     a, b = straight.reports[-1], resumed.reports[-1]

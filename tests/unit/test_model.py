@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cmbert.model import CMBertConfig, build_model, scale_by_sqrt_norm
+from cmbert.model import CMBertConfig, build_model, estimate_flops, scale_by_sqrt_norm
 from cmbert.testing import tiny_encoder_config
 
 B, T, DA = 3, 9, 5
@@ -144,3 +144,19 @@ def test_which_configs_cannot_hear():
     assert not audio_cannot_change_score(CMBertConfig(cls_audio="zero", audio_values=True))
     assert not audio_cannot_change_score(CMBertConfig(cls_audio="mean"))
     assert not audio_cannot_change_score(CMBertConfig(cls_audio="zero", audio_kernel=3))
+
+
+@pytest.mark.parametrize("kw", [{}, {"audio_values": True, "cls_audio": "mean", "text_kernel": 3, "audio_kernel": 3},
+                                {"fusion": "none"}])
+def test_estimate_flops_counts_every_weight_matrix_of_the_model(kw):
+    """The per-token term of estimate_flops is 2 x the weights the model multiplies each word-piece by (every
+    matrix outside the embeddings and the head), the constant term 2 x the head's; training is 3 x forward."""
+    config = CMBertConfig(encoder_config=tiny_encoder_config(), audio_dim=DA, **kw)
+    model = build_model(config)
+    matrices = {n: p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and ".embeddings." not in f".{n}"}
+    head = matrices.pop("head.weight")
+    f1, f2, f3 = (estimate_flops(config, t)["forward"] for t in (1, 2, 3))
+    t2 = (f3 - 2 * f2 + f1) / 2  # f(t) = a t^2 + b t + c
+    per_token, constant = f2 - f1 - 3 * t2, f1 - (f2 - f1 - 3 * t2) - t2
+    assert per_token == 2 * sum(matrices.values()) and constant == 2 * head and t2 > 0
+    assert estimate_flops(config, 17)["train"] == 3 * estimate_flops(config, 17)["forward"]
