@@ -159,7 +159,9 @@ def identify_tasks(batch: pa.Table, input: str | Location | None) -> pa.Table:
     """Name every task of a batch by its content (``task_id``, ``clip_id``): what the skip-set is keyed on.
 
     Runs in Ray tasks (no models). A media file is read once here to hash it, and again by the worker that
-    processes it; a file that cannot be read becomes a planned reject."""
+    processes it; a file that cannot be read becomes a planned reject. Hashing in the worker instead would save
+    only new clips' second read (a done clip is read here either way: its id is its hash) and would lose the
+    group by on the id that skips done work and keeps one of two same-content files per run, distributed."""
     out = []
     for task in map(ClipTask.from_row, batch.to_pylist()):
         if task.kind != "reject":
