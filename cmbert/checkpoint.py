@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from cmbert.errors import UserError
 from cmbert.model import CMBert, CMBertConfig, build_model
 from cmbert.storage import explain, locate
 
@@ -32,7 +33,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unfinished, truncated or corrupt; the message names the path."""
 
 

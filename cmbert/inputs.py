@@ -16,6 +16,7 @@ import re
 import polars as pl
 import pyarrow.fs as pafs
 
+from cmbert.errors import UserError
 from cmbert.manifest import Reject, row_key, source_id, task_id, text_id
 from cmbert.storage import StorageError, explain, locate
 
@@ -24,7 +25,7 @@ LABEL_RANGE = (-3.0, 3.0)
 RESERVED_COLUMNS = ("file", "start", "end")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """The manifest cannot be used at all (raised before any work starts)."""
 
 

@@ -34,26 +34,11 @@ def check_loopback() -> None:
         raise RuntimeError(f"the private local Ray came up on {address}, not {LOOPBACK}; refusing to run")
 
 
-# What the driver spends (bench/bench_driver.py): not rows (workers write their own files), but Ray Data's streaming
-# executor, which wakes every 0.1 s while any task runs (its ray.wait timeout) and spends a few ms of driver Python
-# per wake-up, however little finished. Actor pools keep tasks queued on every actor, so waking less often delays
-# no work there; a chain of short planning tasks waits up to this long per step.
-DATA_POLL_S = float(os.environ.get("CMBERT_DATA_POLL_S", "0.5"))
-
-
-def executor_poll(seconds: float = DATA_POLL_S) -> None:
-    """How long Ray Data's scheduling loop (in this, the driver's process) waits for tasks between steps."""
-    from ray.data._internal.execution import streaming_executor_state
-
-    streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = seconds
-
-
 def init_ray(num_cpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    executor_poll()
     # Workers inherit this. OpenMP's spinning wait costs 10-60x on a shared CPU (bench/bench_score.py finding);
     # a dedicated node may set OMP_WAIT_POLICY=ACTIVE explicitly.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from cmbert.collate import length_buckets
+from cmbert.errors import UserError
 from cmbert.faults import kill_point
 from schemas import SCORES_SCHEMA
 
@@ -45,7 +46,7 @@ INPUT_COLUMNS = ["utterance_id", "clip_id", "source", "extra", "speaker", "start
 CARRIED_COLUMNS = ("utterance_id", "clip_id", "source", "extra", "speaker", "start", "end", "text")
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(UserError, ValueError):
     """The checkpoint cannot score these utterances (feature set or dimension differs)."""
 
 

@@ -8,23 +8,20 @@ work already done (by content-hash task id), so they add no duplicates and pick 
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 
 try:
-    import cmbert  # noqa: F401
-except ImportError:  # run from a Ray working dir without the package installed
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from jobs import _wiring
+except ImportError:  # python jobs/preprocess.py: jobs/ is on sys.path, the repo root may not be
+    import _wiring
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cmbert import faults, incremental, storage
 from cmbert.audio.features import BACKENDS, DEFAULT_BACKEND
-from cmbert.cli import parse_config
-from cmbert.inputs import ManifestError, build_tasks, read_manifest
+from cmbert.inputs import build_tasks, read_manifest
 from cmbert.pipeline import DIARIZERS, WORD_MODES, ClipParams
 from cmbert.incremental import Tally
 from cmbert.runinfo import code_version, config_json, new_run_id, utc_now
@@ -172,20 +169,14 @@ def pipeline(cfg: PreprocessConfig, tasks: list[dict], early: list, targets, run
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(PreprocessConfig, argv)
-    try:
-        tally = run(cfg)
-    except (ManifestError, storage.StorageError, storage.SchemaMismatchError) as exc:
-        print(f"preprocess: error: {exc}", file=sys.stderr)
-        return 2
+def report(cfg: PreprocessConfig, tally: Tally) -> None:
     print(line(tally))
     print(f"[preprocess] utterances: {cfg.output}/utterances  rejects: {cfg.output}/rejects  runs: {cfg.output}/runs")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _wiring.run_job("preprocess", PreprocessConfig, run, report, argv)
 
 
 if __name__ == "__main__":
-    from cmbert.console import quiet_console
-
-    quiet_console()
-    sys.exit(main())
+    _wiring.exit_with(main)

@@ -11,14 +11,12 @@ dies publishes nothing and the next run does its work; a rerun adds nothing.
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 
 try:
-    import cmbert  # noqa: F401
-except ImportError:  # run from a Ray working dir without the package installed
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from jobs import _wiring
+except ImportError:  # python jobs/score.py: jobs/ is on sys.path, the repo root may not be
+    import _wiring
 
 import datetime as dt
 import json
@@ -27,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cmbert import faults, incremental, storage
-from cmbert.cli import parse_config
+from cmbert.errors import ConfigError
 from cmbert.incremental import Tally
 from cmbert.runinfo import new_run_id, utc_now
 from cmbert.scoring import NO_AUDIO, CheckpointMismatch, ModelAudio, ScoreStamp, StageOptions, check_compatible
@@ -53,10 +51,6 @@ class ScoreConfig:
     score_date: str | None = field(default=None, metadata={"help": "partition date YYYY-MM-DD (default: today, UTC)"})
     flush_rows: int = field(default=100_000, metadata={"help": "at most this many score rows per Parquet file"})
     files_per_batch: int = field(default=1, metadata={"help": "input files per worker batch (and per score file)"})
-
-
-class ConfigError(ValueError):
-    """A bad option value, reported in one line."""
 
 
 def line(tally: Tally) -> str:
@@ -256,25 +250,16 @@ def record_run(cfg: ScoreConfig, run_id: str, started, tally: Tally, model_versi
                            tally=tally, model_version=model_version)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from cmbert.checkpoint import CheckpointError
-
-    cfg = parse_config(ScoreConfig, argv)
-    try:
-        tally = run(cfg)
-    except (ConfigError, CheckpointError, CheckpointMismatch, storage.StorageError,
-            storage.SchemaMismatchError) as exc:
-        print(f"score: error: {exc}", file=sys.stderr)
-        return 2
+def report(cfg: ScoreConfig, tally: Tally) -> None:
     print(line(tally))
     for reason, n in sorted(tally.reasons.items(), key=lambda kv: -kv[1]):
         print(f"[score]   not scored ({n}): {reason}")
     print(f"[score] scores: {cfg.output}/scores  runs: {cfg.output}/runs")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _wiring.run_job("score", ScoreConfig, run, report, argv)
 
 
 if __name__ == "__main__":
-    from cmbert.console import quiet_console
-
-    quiet_console()
-    sys.exit(main())
+    _wiring.exit_with(main)

@@ -19,12 +19,15 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from cmbert.errors import UserError
 from cmbert.storage.blobs import exists, list_files
 from cmbert.storage.locations import Location, StorageError, explain, has_folders, is_s3, locate
 from cmbert.storage.secrets import redact, safe_metadata
 
 STAGING_DIR = "_staging"
-class SchemaMismatchError(ValueError):
+
+
+class SchemaMismatchError(UserError, ValueError):
     """A table does not fit its declared schema; the message names the column."""
 
 

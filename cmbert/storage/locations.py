@@ -20,10 +20,11 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from cmbert.errors import UserError
 from cmbert.storage.secrets import redact
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """An I/O failure, phrased for a user in one line (never carries credentials)."""
 
 
