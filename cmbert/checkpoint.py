@@ -13,18 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import posixpath
-import tempfile
 from dataclasses import dataclass
 
-import pyarrow.fs as pafs
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from cmbert.errors import UserError
 from cmbert.model import CMBert, CMBertConfig, build_model
-from cmbert.storage import explain, locate
+from cmbert import storage
+from cmbert.storage import explain, locate, read_json
 
 FORMAT = "cmbert-checkpoint/1"
 MULTI_FORMAT = "cmbert-multiseed/1"
@@ -55,20 +53,6 @@ def weights_version(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def _sha256_stream(f) -> tuple[str, int]:
-    """(sha256 hex digest, bytes read) of a binary stream, read in 1 MiB blocks."""
-    h, size = hashlib.sha256(), 0
-    for block in iter(lambda: f.read(1 << 20), b""):
-        h.update(block)
-        size += len(block)
-    return h.hexdigest(), size
-
-
-def _sha256_file(path: str) -> str:
-    with open(path, "rb") as f:
-        return _sha256_stream(f)[0]
-
-
 def _check_file(uri: str, file_uri: str, info: dict, sha256: str, size: int) -> None:
     """Raise CheckpointError unless a file's size and sha256 are what meta.json lists for it."""
     if size != info["bytes"]:
@@ -86,71 +70,48 @@ def save_checkpoint(model, tokenizer, config: CMBertConfig, uri: str, meta: dict
     """
     model = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with tempfile.TemporaryDirectory(prefix="cmbert-ckpt-") as stage:
+    with storage.scratch_dir("cmbert-ckpt-") as stage:
         save_file(state, os.path.join(stage, WEIGHTS), metadata={"format": "pt"})
-        with open(os.path.join(stage, CONFIG), "w") as f:
-            json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+        storage.write_json(os.path.join(stage, CONFIG), config.to_dict())
         tokenizer.save_pretrained(stage)
         files = {}
-        for name in sorted(os.listdir(stage)):
-            path = os.path.join(stage, name)
-            if os.path.isfile(path):
-                files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256_file(path)}
+        for name in storage.list_files(stage, suffix=None, skip_hidden=False, recursive=False, relative=True):
+            sha256, size = storage.sha256(os.path.join(stage, name))
+            files[name] = {"bytes": size, "sha256": sha256}
         full_meta = dict(meta) | {"format": FORMAT, "model_version": weights_version(state), "files": files}
-        with open(os.path.join(stage, META), "w") as f:
-            json.dump(full_meta, f, indent=2, sort_keys=True, default=str)
-        publish_dir(pafs.LocalFileSystem(), stage, uri)
+        storage.write_json(os.path.join(stage, META), full_meta)
+        publish_checkpoint(stage, uri)
     return full_meta
 
 
-def publish_dir(src_fs: pafs.FileSystem, src_path: str, uri: str, skip: tuple[str, ...] = ()) -> None:
+def publish_checkpoint(src: "str | storage.Location", uri: str, skip: tuple[str, ...] = ()) -> None:
     """Copy the files of one checkpoint folder to ``uri``, meta.json last (and any old meta.json removed first),
     so a reader never sees a meta.json next to files from another save."""
-    dest = locate(uri)
-    try:
-        infos = src_fs.get_file_info(pafs.FileSelector(src_path, recursive=False))
-        names = sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File)
-        if META not in names:
-            raise CheckpointError(f"cannot publish {src_path}: it has no {META}")
-        dest.fs.create_dir(dest.path, recursive=True)
-        old_meta = dest.join(META)
-        if dest.fs.get_file_info(old_meta.path).type == pafs.FileType.File:
-            dest.fs.delete_file(old_meta.path)
-        for name in [n for n in names if n != META and n not in skip] + [META]:
-            src = posixpath.join(src_path, name)
-            final = dest.join(name)
-            if dest.is_s3:  # one PUT per object: an object is either complete or absent
-                pafs.copy_files(src, final.path, source_filesystem=src_fs, destination_filesystem=dest.fs)
-            else:  # local: write beside, then rename into place
-                tmp = final.path + ".partial"
-                pafs.copy_files(src, tmp, source_filesystem=src_fs, destination_filesystem=dest.fs)
-                os.replace(tmp, final.path)
-    except OSError as exc:
-        raise explain(exc, uri, "write checkpoint to") from None
+    names = storage.list_files(src, suffix=None, skip_hidden=False, recursive=False, relative=True)
+    if META not in names:
+        raise CheckpointError(f"cannot publish {storage.locate(src).path}: it has no {META}")
+    storage.copy_tree(src, uri, skip=skip, last=(META,), recursive=False, action="write checkpoint to")
+
+
+def publish_dir(src_fs, src_path: str, uri: str, skip: tuple[str, ...] = ()) -> None:
+    """Deprecated spelling of ``publish_checkpoint`` (a filesystem and a path on it), until jobs/train.py moves."""
+    publish_checkpoint(storage.Location(src_fs, src_path, src_path), uri, skip)
 
 
 def write_multiseed_meta(uri: str, meta: dict) -> None:
     """The top-level meta.json of a multi-seed output: ``checkpoints`` (sub-folders) and ``best`` (one of them)."""
-    dest = locate(uri)
-    body = json.dumps(dict(meta) | {"format": MULTI_FORMAT}, indent=2, sort_keys=True, default=str).encode()
-    try:
-        dest.fs.create_dir(dest.path, recursive=True)
-        with dest.fs.open_output_stream(dest.join(META).path) as f:
-            f.write(body)
-    except OSError as exc:
-        raise explain(exc, uri, "write checkpoint to") from None
+    storage.write_json(locate(uri).join(META), dict(meta) | {"format": MULTI_FORMAT}, action="write checkpoint to")
 
 
 def read_meta(uri: str) -> dict:
     loc = locate(uri).join(META)
     try:
-        with loc.fs.open_input_stream(loc.path) as f:
-            data = f.read()
+        data = storage.read_bytes(loc)
     except FileNotFoundError:
         raise CheckpointError(f"{uri} is not a checkpoint: {loc.uri} is missing (no checkpoint there, or its "
                               f"save did not finish)") from None
-    except OSError as exc:
-        raise CheckpointError(str(explain(exc, loc.uri, "read"))) from None
+    except storage.StorageError as exc:
+        raise CheckpointError(str(exc)) from None
     try:
         meta = json.loads(data)
     except ValueError:
@@ -177,12 +138,11 @@ def verify_checkpoint(uri: str) -> dict:
     for name, info in sorted(meta.get("files", {}).items()):
         loc = src.join(name)
         try:
-            with loc.fs.open_input_stream(loc.path) as f:
-                sha256, size = _sha256_stream(f)
+            sha256, size = storage.sha256(loc)
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {uri} is incomplete: {loc.uri} is missing") from None
-        except OSError as exc:
-            raise CheckpointError(str(explain(exc, loc.uri, "read"))) from None
+        except storage.StorageError as exc:
+            raise CheckpointError(str(exc)) from None
         _check_file(uri, loc.uri, info, sha256, size)
     return meta
 
@@ -193,27 +153,26 @@ def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> LoadedModel
     if meta["format"] == MULTI_FORMAT:
         return load_checkpoint(locate(uri).join(meta["best"]).uri, device)
     src = locate(uri)
-    with tempfile.TemporaryDirectory(prefix="cmbert-load-") as local:
+    with storage.scratch_dir("cmbert-load-") as local:
+        data = {}
         for name, info in sorted(meta["files"].items()):
-            path = os.path.join(local, name)
             try:
-                pafs.copy_files(src.join(name).path, path, source_filesystem=src.fs,
-                                destination_filesystem=pafs.LocalFileSystem())
+                data[name] = storage.read_bytes(src.join(name))
             except FileNotFoundError:
                 raise CheckpointError(f"checkpoint {uri} is incomplete: {src.join(name).uri} is missing") from None
-            except OSError as exc:
-                raise CheckpointError(str(explain(exc, src.join(name).uri, "read"))) from None
-            _check_file(uri, src.join(name).uri, info, _sha256_file(path), os.path.getsize(path))
-        with open(os.path.join(local, CONFIG)) as f:
-            config = CMBertConfig.from_dict(json.load(f))
+            except storage.StorageError as exc:
+                raise CheckpointError(str(exc)) from None
+            _check_file(uri, src.join(name).uri, info, hashlib.sha256(data[name]).hexdigest(), len(data[name]))
+            if name != WEIGHTS:  # the tokenizer loads from a folder; the weights load from memory
+                storage.write_bytes(os.path.join(local, name), data[name])
+        config = CMBertConfig.from_dict(json.loads(data[CONFIG]))
         if config.encoder_config is None:
             raise CheckpointError(f"checkpoint {uri} is corrupt: {CONFIG} has no encoder_config")
         model = build_model(config)
-        with open(os.path.join(local, WEIGHTS), "rb") as f:
-            try:
-                state = load_safetensors(f.read())
-            except Exception as exc:  # safetensors raises its own error types for bad headers
-                raise CheckpointError(f"checkpoint {uri} is corrupt: cannot read {WEIGHTS}: {exc}") from None
+        try:
+            state = load_safetensors(data.pop(WEIGHTS))
+        except Exception as exc:  # safetensors raises its own error types for bad headers
+            raise CheckpointError(f"checkpoint {uri} is corrupt: cannot read {WEIGHTS}: {exc}") from None
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -225,3 +184,31 @@ def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> LoadedModel
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, meta=meta)
 
+
+
+@dataclass
+class ModelInfo:
+    """What scoring needs to know of a checkpoint before any weights load."""
+
+    checkpoint: str  # the single checkpoint scored with (the best seed of a multi-seed output)
+    model_id: str
+    model_version: str
+    audio: "ModelAudio"  # cmbert.scoring.ModelAudio: which utterances' audio it can score
+
+
+def read_model_info(checkpoint: str) -> ModelInfo:
+    """``ModelInfo`` from a checkpoint's meta.json and config.json only (no weights read here); a multi-seed
+    output resolves to its best seed."""
+    from cmbert.scoring import ModelAudio  # scoring builds on this module, not the other way round
+
+    meta = read_meta(checkpoint)
+    if meta["format"] == MULTI_FORMAT:
+        checkpoint = locate(checkpoint).join(meta["best"]).uri
+        meta = read_meta(checkpoint)
+    loc = locate(checkpoint).join(CONFIG)
+    try:
+        config = CMBertConfig.from_dict(read_json(loc))
+    except FileNotFoundError as exc:
+        raise explain(exc, loc.uri, "read") from None
+    return ModelInfo(checkpoint, str(meta.get("model_id") or "cmbert"), str(meta["model_version"]),
+                     ModelAudio.from_meta(meta, config))

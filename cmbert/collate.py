@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from cmbert.errors import FeatureMismatch
 from cmbert.storage import read_table
 
 COLUMNS = ("utterance_id", "text", "words", "label", "feature_set", "feature_dim", "audio_present", "start", "end")
@@ -71,7 +72,7 @@ def _word_vectors(row: dict, audio_dim: int) -> np.ndarray | None:
         vectors = None
     if vectors is None or vectors.shape != (len(have), audio_dim):
         j = next(j for j in have if np.asarray(feats[j]).size != audio_dim)
-        raise ValueError(f"word {j} ({row['words'][j].get('word')!r}) has {np.asarray(feats[j]).size} audio "
+        raise FeatureMismatch(f"word {j} ({row['words'][j].get('word')!r}) has {np.asarray(feats[j]).size} audio "
                          f"features, the model expects {audio_dim}: the utterances were made with another "
                          "feature set")
     out = np.zeros((len(feats), audio_dim), dtype=np.float32)

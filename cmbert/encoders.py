@@ -15,7 +15,6 @@ the encoder's config, weights and tokenizer, so scoring a trained model needs no
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -85,11 +84,9 @@ def resolve_encoder(encoder: str) -> str:
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from cmbert import storage
+
+    return storage.sha256(path)[0]
 
 
 def join_pieces(wheels: list[str], out_path: str) -> None:

@@ -15,3 +15,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A bad option value (or a combination of options that cannot work)."""
+
+
+class FeatureMismatch(UserError, ValueError):
+    """The utterances' audio features are not the model's (feature set or dimension differs)."""

@@ -19,6 +19,10 @@ from torch import nn
 from cmbert.encoders import DEFAULT_ENCODER, MINILM, MPNET, resolve_encoder  # noqa: F401 (re-exported)
 
 
+TEXT_ONLY = "none"  # the fusion of a text-only model (T-BERT: no audio at all)
+FUSIONS = ("cmbert", TEXT_ONLY)
+
+
 @dataclass
 class CMBertConfig:
     encoder: str = DEFAULT_ENCODER  # "mpnet", "minilm" (cmbert/encoders.py), a model directory or an offline hub id
@@ -47,8 +51,8 @@ class CMBertConfig:
     audio_std: list[float] | None = None
 
     def __post_init__(self) -> None:
-        if self.fusion not in ("cmbert", "none"):
-            raise ValueError(f"fusion must be 'cmbert' or 'none', not {self.fusion!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
         if self.cls_audio not in ("zero", "mean"):
             raise ValueError(f"cls_audio must be 'zero' or 'mean', not {self.cls_audio!r}")
         if self.text_kernel % 2 == 0 or self.audio_kernel % 2 == 0:

@@ -29,6 +29,7 @@ from cmbert.cli import parse_config
 from cmbert.collate import predict_rows, read_utterances
 from cmbert.metrics import aggregate, json_safe, majority_rates, regression_metrics
 from cmbert.runinfo import code_version
+from cmbert.scoring import ModelAudio, check_compatible, without_audio
 
 
 @dataclass
@@ -60,10 +61,13 @@ def run(cfg: EvaluateConfig) -> dict:
     per_seed, heatmap_files = [], []
     for uri in uris:
         lm = load_checkpoint(uri, device=device)
-        _check_features(lm.meta, rows, cfg.data)
+        audio = ModelAudio.from_meta(lm.meta, lm.config)
+        check_compatible(audio, {(r["feature_set"], r["feature_dim"]) for r in rows if r["audio_present"]},
+                         f"the utterances in {cfg.data}")
         is_best = best_name is None or uri.rstrip("/").endswith("/" + best_name)
         draw = range(min(cfg.heatmap_count, len(rows))) if (cfg.heatmaps and is_best) else ()
-        scores, attention = predict_rows(lm.model, lm.tokenizer, rows, lm.config.max_len, lm.config.audio_dim,
+        seen = [without_audio(r) for r in rows] if audio.text_only else rows  # as scoring does
+        scores, attention = predict_rows(lm.model, lm.tokenizer, seen, lm.config.max_len, lm.config.audio_dim,
                                          batch_size=cfg.batch_size, device=device, keep_attention=draw)
         per_seed.append({"checkpoint": uri, "seed": lm.meta.get("seed"), "model_version": lm.meta["model_version"],
                          "metrics": regression_metrics(scores, labels)})
@@ -94,13 +98,6 @@ def read_rows(uri: str, label_column: str) -> list[dict]:
     """Labelled utterance rows, in a fixed order (utterance_id)."""
     table, _ = read_utterances(uri, label_column)
     return sorted(table.to_pylist(), key=lambda r: r["utterance_id"])
-
-
-def _check_features(meta: dict, rows: list[dict], uri: str) -> None:
-    sets = {(r["feature_set"], r["feature_dim"]) for r in rows if r.get("audio_present")}
-    want = (meta.get("feature_set"), meta.get("feature_dim"))
-    if sets and sets != {want}:
-        raise SystemExit(f"{uri} has audio features {sorted(sets)}, the checkpoint was trained on {want}")
 
 
 if __name__ == "__main__":

@@ -307,6 +307,15 @@ def read_table(uri: str, schema: pa.Schema | None = None, columns: list[str] | N
         raise StorageError(redact(f"cannot read {uri}: {str(exc).strip().splitlines()[0][:300]}")) from None
 
 
+def read_file(where: "str | Location", columns: list[str] | None = None, filter=None) -> pa.Table:
+    """One Parquet file, as it was written (no schema applied): a worker's read of a file the driver listed.
+
+    Errors are pyarrow's own (an ``OSError``), left to the caller's retry policy: a worker holds a filesystem
+    path, not the dataset's URI a user-facing message would name."""
+    loc = locate(where)
+    return pads.dataset(loc.path, filesystem=loc.fs, format="parquet").to_table(columns=columns, filter=filter)
+
+
 def written_version(uri: str) -> str | None:
     """The ``cmbert.schema_version`` in the footer of one file of dataset ``uri``; None when it has no files.
 

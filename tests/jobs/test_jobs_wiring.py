@@ -92,9 +92,9 @@ def test_exit_codes_of_a_process(what, code):
 
 
 def test_library_errors_are_user_errors():
-    from cmbert import checkpoint, encoders, inputs, scoring, storage
-    from cmbert.errors import ConfigError
+    from cmbert import checkpoint, encoders, inputs, storage
+    from cmbert.errors import ConfigError, FeatureMismatch
 
     for cls in (storage.StorageError, storage.SchemaMismatchError, checkpoint.CheckpointError, inputs.ManifestError,
-                encoders.EncoderMissing, scoring.CheckpointMismatch, ConfigError):
+                encoders.EncoderMissing, FeatureMismatch, ConfigError):
         assert issubclass(cls, UserError), cls

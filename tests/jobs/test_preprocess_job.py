@@ -126,6 +126,30 @@ def test_malformed_manifest_fails_before_work(tmp_path, capsys):
     assert not (tmp_path / "out" / "utterances").exists()
 
 
+def test_every_clip_option_is_a_flag_with_its_one_default():
+    """Each user-facing ClipParams field (the pipeline's and the workers' options) is a preprocess flag of the
+    same name with the same default, and a value given on the command line reaches the workers' ClipParams:
+    a flag that does not (as --num-speakers once failed to reach pyannote) fails here."""
+    import dataclasses
+
+    from cmbert.cli import parse_config
+    from cmbert.pipeline import ClipParams
+
+    flags = {f.name: f for f in dataclasses.fields(preprocess.PreprocessConfig)}
+    options = [f for f in dataclasses.fields(ClipParams) if not dataclasses.is_dataclass(f.default_factory)]
+    assert {f.name for f in options} == {"diarizer", "diarizer_model", "num_speakers", "words", "asr_model",
+                                         "features", "feature_model", "max_clip_seconds", "gpu"}
+    for f in options:
+        assert f.name in flags and flags[f.name].default == f.default, f.name
+    argv = ["--output", "o", "--diarizer", "dvector", "--diarizer-model", "d", "--num-speakers", "3", "--words",
+            "asr", "--asr-model", "a", "--features", "mfcc", "--feature-model", "f", "--max-clip-seconds", "9",
+            "--gpu"]
+    given = ClipParams.from_config(parse_config(preprocess.PreprocessConfig, argv))
+    assert given == ClipParams(diarizer="dvector", diarizer_model="d", num_speakers=3, words="asr", asr_model="a",
+                               features="mfcc", feature_model="f", max_clip_seconds=9.0, gpu=True)
+    assert given.device == "cuda" and ClipParams.from_config(preprocess.PreprocessConfig("o")) == ClipParams()
+
+
 PAUSED_TEXT = "The food at Bellanova was pretty good, although the service was a little slow."
 
 

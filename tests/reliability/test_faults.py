@@ -354,7 +354,7 @@ def test_unreadable_input_is_retried_by_the_next_run(tmp_path, ray_local, monkey
     missing file or a bad clip (final rejects). Before this fix such clips were rejected for good: lost."""
     from cmbert.inputs import media_task
     from cmbert.pipeline import ClipParams
-    from cmbert.stages import RETRIED_STAGE, ClipStage, ModelChoice, tasks_for_ray
+    from cmbert.stages import RETRIED_STAGE, ClipStage
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", S3Server.unreachable_endpoint())
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKUNREACHABLE0000000")
@@ -362,9 +362,9 @@ def test_unreadable_input_is_retried_by_the_next_run(tmp_path, ray_local, monkey
     now = dt.datetime.now(dt.timezone.utc)
     import torch
 
-    stage = ClipStage("s3://corpus/in", ClipParams(), ModelChoice(), "run-1", now,
+    stage = ClipStage("s3://corpus/in", ClipParams(), "run-1", now,
                       torch_threads=torch.get_num_threads())  # leave this process's torch threads as they are
-    [row] = stage.run_task(tasks_for_ray([media_task("a.wav")])[0])
+    [row] = stage.run_task(media_task("a.wav"))
     reject = row["reject"]
     assert reject["stage"] == RETRIED_STAGE and "unreachable" in reject["reason"]
     assert "s3://corpus/in/a.wav" in reject["reason"] and "unreachable-secret-value" not in reject["reason"]

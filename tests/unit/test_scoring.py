@@ -9,10 +9,10 @@ import torch
 
 from cmbert.collate import length_buckets
 from cmbert.model import CMBertConfig
-from cmbert.scoring import (RESULT_SCHEMA, CheckpointMismatch, ModelAudio, Scorer, ScoreStamp, check_compatible,
-                            clip_score, keep_rows, label7, plan_work, polarity, score_records,
-                            score_rows, without_audio)
-from schemas import SCORES_SCHEMA
+from cmbert.errors import FeatureMismatch
+from cmbert.scoring import (ModelAudio, Scorer, ScoreStamp, check_compatible, clip_score, keep_rows, label7, plan_work,
+                            polarity, score_records, score_rows, without_audio)
+from schemas import SCORE_RESULT_SCHEMA, SCORES_SCHEMA
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,7 @@ def test_score_records_fit_the_schema():
     stamp = ScoreStamp("cmbert-minilm", "v1", "score-1", "2024-05-01")
     now = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
     recs = score_records(rows, [4.2, float("nan")], [None, "broken"], stamp, now)
-    table = pa.Table.from_pylist(recs, schema=RESULT_SCHEMA)
+    table = pa.Table.from_pylist(recs, schema=SCORE_RESULT_SCHEMA)
     ok = table.filter(table.column("error").is_null()).drop_columns(["error"])
     from cmbert.storage import conform
 
@@ -101,9 +101,9 @@ AUDIO = ModelAudio("egemaps_v02_lld", 25)
 
 def test_check_compatible():
     check_compatible(AUDIO, [("egemaps_v02_lld", 25), ("none", 0)])
-    with pytest.raises(CheckpointMismatch, match="egemaps_v02_lld/25.*compare_2016_lld/65"):
+    with pytest.raises(FeatureMismatch, match="egemaps_v02_lld/25.*compare_2016_lld/65"):
         check_compatible(AUDIO, [("compare_2016_lld", 65)])
-    with pytest.raises(CheckpointMismatch):
+    with pytest.raises(FeatureMismatch):
         check_compatible(AUDIO, [("egemaps_v02_lld", 24)])
     check_compatible(ModelAudio("none", 0), [("compare_2016_lld", 65)])  # text-only accepts anything
     text_only = ModelAudio.from_meta({"feature_set": "egemaps_v02_lld", "feature_dim": 25}, CMBertConfig(fusion="none"))

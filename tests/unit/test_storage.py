@@ -263,6 +263,67 @@ def test_polars_storage_options_local_is_none():
     assert storage.polars_storage_options("/tmp/x") is None
 
 
+# ---------------------------------------------------------------- blobs: bytes, JSON, listings, folders
+
+
+def test_bytes_and_json_round_trip_locally(tmp_path):
+    import hashlib
+
+    target = str(tmp_path / "a" / "b" / "doc.json")
+    assert not storage.exists(target)
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(target)
+    assert storage.write_json(target, {"b": 1, "a": {"when": T0}}) == target
+    assert storage.exists(target)
+    text = (tmp_path / "a" / "b" / "doc.json").read_text()
+    assert text == storage.json_text({"a": {"when": T0}, "b": 1})  # one layout: indented, sorted, str() for others
+    assert storage.read_json(target) == {"a": {"when": str(T0)}, "b": 1}
+    storage.write_bytes(target, b"\x00\x01")  # overwrites in place
+    assert storage.read_bytes(target) == b"\x00\x01"
+    assert storage.sha256(target) == (hashlib.sha256(b"\x00\x01").hexdigest(), 2)
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["doc.json"]  # no temporary file left
+    with pytest.raises(ValueError):
+        storage.read_json(target)
+
+
+def test_list_files_rule_for_hidden_entries_is_a_parameter(tmp_path):
+    for rel in ("a.parquet", "sub/b.parquet", "_staging/c.parquet", ".tmp/d.parquet", "sub/.e.parquet", "f.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    assert storage.list_files(str(tmp_path), relative=True) == ["a.parquet", "sub/b.parquet"]
+    assert storage.list_files(str(tmp_path)) == [str(tmp_path / "a.parquet"), str(tmp_path / "sub" / "b.parquet")]
+    assert storage.list_files(str(tmp_path), skip_hidden=False, relative=True) == [
+        ".tmp/d.parquet", "_staging/c.parquet", "a.parquet", "sub/.e.parquet", "sub/b.parquet"]
+    assert storage.list_files(str(tmp_path), suffix=None, recursive=False, relative=True) == ["a.parquet", "f.txt"]
+    assert storage.list_files(str(tmp_path / "nothing")) == []
+
+
+def test_copy_tree_puts_the_last_file_last_and_drops_an_old_one_first(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for name in ("meta.json", "b.bin", "a.bin", "state.pt"):
+        storage.write_bytes(str(src / name), name.encode())
+    storage.write_bytes(str(dst / "meta.json"), b"old")
+    order = storage.copy_tree(str(src), str(dst), skip=("state.pt",), last=("meta.json",))
+    assert order == ["a.bin", "b.bin", "meta.json"]
+    assert sorted(p.name for p in dst.iterdir()) == order  # nothing skipped arrives, no .partial is left
+    assert storage.read_bytes(str(dst / "meta.json")) == b"meta.json"
+
+
+def test_one_filesystem_per_settings_and_it_pickles(monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKONE0000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secretone")
+    a, b = storage.locate("s3://bkt/x"), storage.locate("s3://bkt/y/z")
+    assert a.fs is b.fs and storage.filesystem("s3://other") is a.fs
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secrettwo")  # other credentials: another filesystem
+    assert storage.locate("s3://bkt/x").fs is not a.fs
+    back = pickle.loads(pickle.dumps(a.join("k")))
+    assert isinstance(back.fs, storage.pafs.S3FileSystem) and back.path == "bkt/x/k" and back.uri == "s3://bkt/x/k"
+    assert storage.locate("/tmp").fs is storage.locate("relative/path").fs
+
+
 # ---------------------------------------------------------------- S3 (real server)
 
 
@@ -407,3 +468,25 @@ def test_s3_missing_bucket_is_one_clear_line(s3_env):
     with pytest.raises(StorageError, match=r"^cannot write s3://.*: bucket does not exist at S3 endpoint http"):
         write_table(valid_table("rejects"), _uri(missing, "rejects"), REJECTS_SCHEMA)
     assert read_table(_uri(missing, "rejects"), REJECTS_SCHEMA).num_rows == 0
+
+
+def test_s3_blob_verbs(s3_server, s3_env, tmp_path):
+    bucket = s3_env
+    doc = _uri(bucket, "docs", "meta.json")
+    assert not storage.exists(doc)
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(doc)
+    storage.write_json(doc, {"format": "x", "n": 2})
+    assert storage.read_json(doc) == {"format": "x", "n": 2} and storage.exists(_uri(bucket, "docs"))
+    for name in ("a.bin", "meta.json"):
+        storage.write_bytes(str(tmp_path / "ckpt" / name), name.encode() * 1000)
+    assert storage.copy_tree(str(tmp_path / "ckpt"), _uri(bucket, "ckpt"), last=("meta.json",)) == ["a.bin",
+                                                                                                   "meta.json"]
+    assert s3_server.list_keys(bucket) == ["ckpt/a.bin", "ckpt/meta.json", "docs/meta.json"]  # no folder markers
+    assert storage.list_files(_uri(bucket, "ckpt"), suffix=None, relative=True) == ["a.bin", "meta.json"]
+    assert storage.sha256(_uri(bucket, "ckpt", "a.bin"))[1] == 5000
+    local = storage.local_copy(_uri(bucket, "ckpt"), key=f"{bucket}|test", under=f"cmbert-test-{bucket}")
+    assert (tmp_path / "ckpt" / "a.bin").read_bytes() == open(f"{local}/a.bin", "rb").read()
+    assert storage.local_copy(_uri(bucket, "ckpt"), key=f"{bucket}|test", under=f"cmbert-test-{bucket}") == local
+    storage.remove_tree(local)
+    assert storage.local_copy(str(tmp_path / "ckpt"), key="x") == str(tmp_path / "ckpt")  # local: itself
