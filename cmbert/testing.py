@@ -22,7 +22,7 @@ WORDS = ("good great fine happy love bad awful sad hate boring the movie was rea
 POSITIVE, NEGATIVE = {"good", "great", "fine", "happy", "love"}, {"bad", "awful", "sad", "hate", "boring"}
 FEATURES = "egemaps_v02_lld"
 DIM = 25
-SCORE_DATE = "2024-05-01"  # the --score-date of the tests' score runs (utterance_rows are made the day before)
+SCORE_DATE = "2024-05-01"  # the --score-date of the tests' score runs (after utterance_rows' created_at)
 SCORE_WORDS = "the movie was great but the ending felt awful and slow honestly fine".split()
 
 
