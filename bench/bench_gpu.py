@@ -19,14 +19,11 @@ Writes JSON (``--out``, default bench/results/gpu.json).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
-from dataclasses import asdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,38 +57,21 @@ def matmul_peak(dtype, n: int = 8192, repeats: int = 10) -> float:
     return 2.0 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
-class GpuSession:
-    """train_func's view of Ray Train on one in-process GPU worker; keeps every epoch's metrics."""
+def gpu_session(rows: dict):
+    """train_func's view of Ray Train on one in-process GPU worker (cmbert.testing.LocalSession); keeps every
+    epoch's metrics, no checkpoint copies."""
+    from cmbert.testing import LocalSession
 
-    rank, world_size = 0, 1
-
-    def __init__(self, rows: dict):
-        self._rows = rows
-        self.reports: list[dict] = []
-
-    def rows(self, name):
-        return [dict(r) for r in self._rows[name]]
-
-    def device(self):
-        import torch
-
-        return torch.device(DEVICE)
-
-    def prepare(self, model):
-        return model
-
-    @contextlib.contextmanager
-    def latest_checkpoint(self):
-        yield None
-
-    def report(self, metrics, checkpoint_dir, name):
-        self.reports.append(dict(metrics))
+    return LocalSession(rows, device=DEVICE, keep_checkpoints=False)
 
 
-def loop_config(train_cfg, model_cfg, seed: int, feature_set: str, feature_dim: int) -> dict:
-    return {"train": asdict(train_cfg), "seed": seed, "model": model_cfg.to_dict(), "audio_dim": model_cfg.audio_dim,
-            "feature_set": feature_set, "feature_dim": feature_dim, "model_id": "bench-gpu", "threads": 8,
-            "run_id": "bench-gpu", "code_version": "bench", "missing_audio": "zeros"}
+def loop_config(model_cfg, seed: int, feature_set: str, feature_dim: int, **loop) -> dict:
+    """train_func's config (cmbert.training.TrainLoopConfig); ``loop``: epochs, batch_size, precision, fusion_lr..."""
+    from cmbert import testing
+
+    return testing.loop_config(model_cfg, seed=seed, feature_set=feature_set, feature_dim=feature_dim,
+                               model_id="bench-gpu", threads=8, run_id="bench-gpu", code_version="bench",
+                               missing_audio="zeros", **loop)
 
 
 # ---------------------------------------------------------------- scoring
@@ -101,7 +81,7 @@ def bench_score(encoder: str, peaks: dict, rows_n: int, naive_n: int) -> dict:
     import numpy as np
     import torch
 
-    from bench_score import flop_model, forward_flops, synthetic_table
+    from bench_score import forward_flops, synthetic_table
     from cmbert.collate import collate, token_lengths
     from cmbert.model import CMBertConfig, build_model, load_tokenizer
     from cmbert.scoring import INPUT_COLUMNS, Scorer, score_rows
@@ -111,9 +91,8 @@ def bench_score(encoder: str, peaks: dict, rows_n: int, naive_n: int) -> dict:
     model, tok = build_model(cfg).to(DEVICE).eval(), load_tokenizer(cfg)
     rows = synthetic_table(rows_n).select(INPUT_COLUMNS).to_pylist()
     lengths = token_lengths(rows, tok, cfg.max_len)
-    fm = flop_model(model)
-    flops = sum(forward_flops(fm, t) for t in lengths)
-    flops_naive = sum(forward_flops(fm, t) for t in lengths[:naive_n])
+    flops = forward_flops(cfg, lengths)
+    flops_naive = forward_flops(cfg, lengths[:naive_n])
     out = {"rows": rows_n, "naive_rows": naive_n, "tokens_mean": statistics.mean(lengths),
            "gflop_per_utterance": flops / rows_n / 1e9}
     reference = None
@@ -177,26 +156,22 @@ def bench_score(encoder: str, peaks: dict, rows_n: int, naive_n: int) -> dict:
 def bench_train(encoder: str, peaks: dict, rows_n: int) -> dict:
     import torch
 
-    import train as train_job
     from bench_train import synthetic_rows, train_flops_per_sample
     from cmbert.collate import token_lengths
-    from cmbert.model import CMBertConfig, build_model, load_tokenizer
+    from cmbert.model import CMBertConfig, load_tokenizer
+    from cmbert.training import train_func
 
     rows = synthetic_rows(rows_n, 12)
     model_cfg = CMBertConfig(encoder=encoder, audio_dim=25, cls_audio="mean", audio_values=True)
-    probe = build_model(CMBertConfig(**{**model_cfg.to_dict(), "encoder_config": None}))
     tok = load_tokenizer(model_cfg)
     tokens = statistics.mean(token_lengths(rows, tok, 50))
-    flops_per_sample = train_flops_per_sample(probe, tokens)
-    del probe
+    flops_per_sample = train_flops_per_sample(model_cfg, tokens)
     out = {"rows": rows_n, "tokens_mean": tokens, "gflop_per_sample": flops_per_sample / 1e9}
     for precision in ("fp32", "bf16"):
         for bs in (24, 256):
-            cfg = train_job.TrainConfig(train="-", dev="-", output="-", encoder=encoder, cls_audio="mean",
-                                        audio_values=True, epochs=2, batch_size=bs, precision=precision)
-            session = GpuSession({"train": rows, "dev": rows[:64]})
-            train_job.train_func(loop_config(cfg, model_cfg, 1, "bench", 25), session)
-            rate = session.reports[-1]["train_rows_per_s"]  # epoch 2: warm (epoch 1 pays CUDA start-up)
+            session = gpu_session({"train": rows, "dev": rows[:64]})
+            train_func(loop_config(model_cfg, 1, "bench", 25, epochs=2, batch_size=bs, precision=precision), session)
+            rate = session.reports[-1][0]["train_rows_per_s"]  # epoch 2: warm (epoch 1 pays CUDA start-up)
             out[f"{precision}_batch{bs}"] = {"rows_per_s": rate,
                                              "mfu_vs_measured_peak": rate * flops_per_sample / peaks[precision],
                                              "mfu_vs_datasheet_bf16": rate * flops_per_sample / DATASHEET_BF16}
@@ -227,33 +202,36 @@ def bench_models(encoder: str, root: str, models: dict, seeds: int, epochs: int,
     """Each model x seed through train_func on the GPU; dev metrics at each seed's lowest-dev-loss epoch."""
     import numpy as np
 
-    import train as train_job
+    from dataclasses import fields
+
+    from cmbert import training
     from cmbert.collate import read_utterances
     from cmbert.model import CMBertConfig
 
     train_table, _ = read_utterances(os.path.join(root, "train", "utterances"))
     dev_table, _ = read_utterances(os.path.join(root, "dev", "utterances"))
-    feature_set, feature_dim = train_job.feature_info(train_table, dev_table)
-    mean, std = train_job.audio_stats(train_table, feature_dim)
+    feature_set, feature_dim = training.feature_info(train_table, dev_table)
+    mean, std = training.audio_stats(train_table, feature_dim)
+    model_fields = {f.name for f in fields(CMBertConfig)}
     rows = {"train": train_table.to_pylist(), "dev": dev_table.to_pylist()}
     out.update({"data": root, "feature_set": feature_set, "feature_dim": feature_dim, "epochs": epochs,
                 "train_rows": len(rows["train"]), "dev_rows": len(rows["dev"]), "models": {}})
     for name, opts in models.items():
         per_seed, t0 = [], time.perf_counter()
-        for seed in train_job.seed_list(seeds):
+        for seed in training.seed_list(seeds):
             if time.perf_counter() > deadline:
                 print(f"[gpu] {name}: time budget spent, seed {seed} not run", flush=True)
                 break
-            cfg = train_job.TrainConfig(train="-", dev="-", output="-", encoder=encoder, epochs=epochs, **opts)
-            model_cfg = CMBertConfig(encoder=encoder, fusion=cfg.fusion, cls_audio=cfg.cls_audio,
-                                     audio_values=cfg.audio_values, audio_dim=max(feature_dim, 1),
-                                     audio_mean=mean, audio_std=std)
-            session = GpuSession(rows)
+            model_cfg = CMBertConfig(encoder=encoder, audio_dim=max(feature_dim, 1), audio_mean=mean, audio_std=std,
+                                     **{k: v for k, v in opts.items() if k in model_fields})
+            loop = {k: v for k, v in opts.items() if k not in model_fields}
+            session = gpu_session(rows)
             ts = time.perf_counter()
-            train_job.train_func(loop_config(cfg, model_cfg, seed, feature_set, feature_dim), session)
-            best = min(session.reports, key=lambda m: m["dev_loss"])
+            training.train_func(loop_config(model_cfg, seed, feature_set, feature_dim, epochs=epochs, **loop), session)
+            reports = [m for m, _ in session.reports]
+            best = min(reports, key=lambda m: m["dev_loss"])
             per_seed.append({"seed": seed, "best_epoch": best["epoch"], "seconds": time.perf_counter() - ts,
-                             "train_rows_per_s": [m["train_rows_per_s"] for m in session.reports],
+                             "train_rows_per_s": [m["train_rows_per_s"] for m in reports],
                              **{k[4:]: v for k, v in best.items() if k.startswith("dev_")}})
         if not per_seed:
             continue

@@ -13,8 +13,9 @@ interrupted or budget-limited run still has the most important figures. A run st
 plus that (encoder, model)'s last measured time stays within --budget-min. With --reuse, finished runs of an
 earlier invocation in --work are kept (so seeds can be added later); with --merge, the per-seed results already in
 bench/results/mosi.json (of seeds and models not run now, e.g. made in another checkout) are kept and the means
-are taken over all of them (each kept entry is marked ``from_results_file`` with that file's git and time). Reports mean ± std (ddof=1) over seeds, the
-training wall time, and MFU: bench/bench_train.py's analytic training FLOPs per sample (train_flops_per_sample, at
+are taken over all of them (each kept entry is marked ``from_results_file`` with that file's git and time). Reports
+mean ± std (ddof=1) over seeds, the training wall time, and MFU: cmbert.model.estimate_flops's analytic training
+FLOPs per sample (at
 the training rows' mean word-piece count) x rows/s / 167 GFLOP/s (the fp32 peak in ../shared/STACK.md), both from
 the job's in-loop rows/s (last epoch) and from the whole train job's wall time (Ray start-up, dev evaluation each
 epoch and checkpoint writes included). Writes bench/results/mosi.json.
@@ -67,17 +68,16 @@ def run_one(name: str, seed: int, extra: list[str], train_uri: str, dev_uri: str
 
 
 def mfu(result: dict, model_dir: str, train_uri: str, epochs: int) -> dict:
-    """MFU of one training run, from bench_train's FLOP formula at the training rows' mean word-piece count."""
-    from bench_train import train_flops_per_sample
-
+    """MFU of one training run, from cmbert.model.estimate_flops at the training rows' mean word-piece count."""
     from cmbert.checkpoint import load_checkpoint
     from cmbert.collate import read_utterances, token_lengths
+    from cmbert.model import estimate_flops
 
     lm = load_checkpoint(model_dir)
     table, _ = read_utterances(train_uri)
     rows = table.to_pylist()
     tokens = sum(token_lengths(rows, lm.tokenizer, lm.config.max_len)) / len(rows)
-    flops = train_flops_per_sample(lm.model, tokens)
+    flops = estimate_flops(lm.config, tokens)["train"]
     in_loop = result.get("train_rows_per_s_last_epoch") or result["train_rows_per_s"]
     wall_rows_per_s = len(rows) * epochs / result["train_s"]
     return {"tokens_per_row": tokens, "train_gflop_per_row": flops / 1e9, "rows_per_s_wall": wall_rows_per_s,
@@ -102,15 +102,20 @@ def train_and_evaluate(name: str, seed: int, extra: list[str], train_uri: str, d
     try:
         print(f"[mosi] {name} seed {seed}: train {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
-        summary = train_job.main(argv)
+        if train_job.main(argv):
+            raise SystemExit(f"train {name} seed {seed} failed")
         train_s = time.perf_counter() - t0
     finally:
         train_job.seed_list = original
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        summary = json.load(f)
     t0 = time.perf_counter()
-    result = evaluate_job.main(["--checkpoint", model_dir, "--data", dev_uri, "--output", eval_json])
+    if evaluate_job.main(["--checkpoint", model_dir, "--data", dev_uri, "--output", eval_json]):
+        raise SystemExit(f"evaluate {name} seed {seed} failed")
     eval_s = time.perf_counter() - t0
     with open(eval_json) as f:
-        metrics = json.load(f)["per_seed"][0]["metrics"]
+        result = json.load(f)
+    metrics = result["per_seed"][0]["metrics"]
     return {"seed": seed, "train_argv": argv, "train_s": train_s, "eval_s": eval_s, "metrics": metrics,
             "best_epoch": summary["seeds"][0]["best_epoch"], "n_dev": result["n_rows"],
             "train_rows_per_s": summary["seeds"][0]["train_rows_per_s"],
@@ -183,7 +188,7 @@ def main() -> None:
     t_all = time.perf_counter()
 
     from cmbert.metrics import aggregate
-    from train import seed_list
+    from cmbert.training import seed_list
 
     train_uri, pre_train_s = preprocess("train", args.work, args.reuse)
     dev_uri, pre_dev_s = preprocess("dev", args.work, args.reuse)

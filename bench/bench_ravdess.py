@@ -113,10 +113,14 @@ def train_and_evaluate(name: str, args, split: dict, extra: list[str], reuse: bo
         shutil.rmtree(model_dir, ignore_errors=True)  # fresh run (train.py would otherwise resume from _ray/)
     print(f"[ravdess] {name}: train {' '.join(train_argv)}", flush=True)
     t0 = time.perf_counter()
-    summary = train_job.main(train_argv)
+    if train_job.main(train_argv):
+        raise SystemExit(f"train {name} failed")
     train_s = time.perf_counter() - t0
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        summary = json.load(f)
     t0 = time.perf_counter()
-    evaluate_job.main(eval_argv)  # writes the metrics JSON read below
+    if evaluate_job.main(eval_argv):  # writes the metrics JSON read below
+        raise SystemExit(f"evaluate {name} failed")
     eval_s = time.perf_counter() - t0
     timing = {"train_argv": train_argv, "eval_argv": eval_argv, "train_s": train_s, "eval_s": eval_s,
               "best_epochs": [s["best_epoch"] for s in summary["seeds"]],
@@ -135,21 +139,24 @@ def finished_seeds(model_dir: str, train_argv: list[str], eval_argv: list[str], 
     train times are not known (null) and the entry says it is partial."""
     import evaluate as evaluate_job
 
-    from cmbert.checkpoint import read_meta, write_multiseed_meta
+    from cmbert import storage
+    from cmbert.checkpoint import MULTI_FORMAT, CheckpointMeta, read_meta, write_multiseed_meta
 
-    seeds = sorted((d for d in os.listdir(model_dir) if d.startswith("seed-")
-                    and os.path.exists(os.path.join(model_dir, d, "meta.json"))), key=lambda d: len(d))
+    seeds = sorted((f.split("/")[0] for f in storage.list_files(model_dir, suffix="/meta.json", relative=True)
+                    if f.startswith("seed-") and f.count("/") == 1), key=len)
     if not seeds:
         raise SystemExit(f"{model_dir}: no finished seed")
     metas = [read_meta(os.path.join(model_dir, d)) for d in seeds]
-    best = min(range(len(seeds)), key=lambda i: metas[i]["metrics"]["dev_loss"])
-    write_multiseed_meta(model_dir, {"checkpoints": seeds, "best": seeds[best], "partial": True,
-                                     **{k: metas[best].get(k) for k in ("feature_set", "feature_dim", "model_id",
-                                                                         "model_version", "run_id")}})
+    best = min(range(len(seeds)), key=lambda i: metas[i].metrics["dev_loss"])
+    write_multiseed_meta(model_dir, CheckpointMeta(
+        format=MULTI_FORMAT, checkpoints=seeds, best=seeds[best], feature_set=metas[best].feature_set,
+        feature_dim=metas[best].feature_dim, model_id=metas[best].model_id,
+        model_version=metas[best].model_version, run_id=metas[best].run_id))
     t0 = time.perf_counter()
-    evaluate_job.main(eval_argv)
+    if evaluate_job.main(eval_argv):
+        raise SystemExit(f"evaluate {model_dir} failed")
     timing = {"train_argv": train_argv, "eval_argv": eval_argv, "train_s": None, "eval_s": time.perf_counter() - t0,
-              "best_epochs": [m["epoch"] for m in metas], "dev_loss": [m["metrics"]["dev_loss"] for m in metas],
+              "best_epochs": [m.epoch for m in metas], "dev_loss": [m.metrics["dev_loss"] for m in metas],
               "partial": f"train run interrupted: {len(seeds)} finished seed(s) evaluated ({', '.join(seeds)})"}
     with open(eval_argv[-1]) as f:
         return {"result": json.load(f), **timing}
@@ -188,7 +195,7 @@ def audio_checks(model_dir: str, dev_uri: str) -> list[dict]:
         for tag, data in (("real", rows), ("shuffled", shuffled), ("no_audio", silent)):
             scores, _ = predict_rows(lm.model, lm.tokenizer, data, lm.config.max_len, lm.config.audio_dim)
             runs[tag] = scores
-        out.append({"seed": lm.meta.get("seed"),
+        out.append({"seed": lm.meta.seed,
                     "non0_acc2_real_audio": non0_acc2(runs["real"], labels),
                     "non0_acc2_shuffled_audio": non0_acc2(runs["shuffled"], labels),
                     "non0_acc2_no_audio": non0_acc2(runs["no_audio"], labels),

@@ -28,11 +28,9 @@ OMP_WAIT_POLICY defaults to PASSIVE (bench/common.py; recorded in the JSON).
     median baseline seconds - 1. Each repeat also runs (c) on the first ``--ray-small-rows`` rows; the two sizes
     split the job's time into a fixed start-up and a per-row (steady-state) cost, compared with (a)'s per row.
 
-FLOPs (forward, analytic, per utterance of t real word-pieces; padding is not counted as useful work):
-    2 * P * t + L * 4 * t^2 * H + 4 * t^2 * D + 2 * t^2 * H
-P = parameters outside the embeddings (encoder layers + fusion + head), L layers, H hidden size, D proj_dim;
-the t^2 terms are the encoder's QK^T and AV (all heads together), the fusion's two T x T similarity products
-and W_m @ X_t. MFU = FLOPs/s / peak; peaks: ../shared/STACK.md (fp32 167, bf16 406 GFLOP/s on 2 threads,
+FLOPs: ``cmbert.model.estimate_flops`` (forward, analytic, per utterance of t real word-pieces; padding is not
+counted as useful work), summed over the utterances; within 0.3% of the parameter-count formula
+2 * P * t + L * 4 * t^2 * H + 4 * t^2 * D + 2 * t^2 * H used here before (biases and norms). MFU = FLOPs/s / peak; peaks: ../shared/STACK.md (fp32 167, bf16 406 GFLOP/s on 2 threads,
 an AVX-512-bf16 machine) and this machine's own matmul peak, measured here at the start of the run.
 Writes bench/results/score.json for the default encoder (what bench_scale.py reads), score-ENCODER.json otherwise.
 """
@@ -40,9 +38,7 @@ Writes bench/results/score.json for the default encoder (what bench_scale.py rea
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import random
 import shutil
 import statistics
 import sys
@@ -69,59 +65,34 @@ VOCAB = ("the movie was really not very good bad great awful acting plot funny b
 
 
 def synthetic_table(n: int, seed: int = 0):
-    """``n`` utterances of 5-40 words with random 25-d word features, as a UTTERANCES_SCHEMA table."""
+    """``n`` utterances of 5-40 words with 25-d generated word features, as a UTTERANCES_SCHEMA table."""
     import pyarrow as pa
 
-    from cmbert.manifest import Utterance, Word, text_id
+    from cmbert.testing import utterance_rows
     from schemas import UTTERANCES_SCHEMA
 
-    rng = random.Random(seed)
-    now = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-    rows = []
-    for i in range(n):
-        ws = [rng.choice(VOCAB) for _ in range(rng.randint(5, 40))]
-        cid = text_id(f"bench-score-{seed}-{i}")
-        words = tuple(Word(w, 0.3 * j, 0.3 * j + 0.25, "S0", tuple(rng.gauss(0, 1) for _ in range(AUDIO_DIM)))
-                      for j, w in enumerate(ws))
-        u = Utterance(cid, cid, f"bench/{i}.wav", "S0", 0.0, 0.3 * len(ws), " ".join(ws), words, "align",
-                      FEATURE_SET, AUDIO_DIM)
-        rows.append(u.to_row("bench", now))
+    rows = utterance_rows(n, seed=seed, words=(5, 40), vocab=VOCAB, audio_dim=AUDIO_DIM, feature_set=FEATURE_SET,
+                          labelled=False, run_id="bench")
     return pa.Table.from_pylist(rows, schema=UTTERANCES_SCHEMA)
 
 
 def make_checkpoint(uri: str, encoder: str | None = None) -> dict:
     """A checkpoint of an untrained CM-BERT on ``encoder`` (default: the default encoder)."""
-    import torch
+    from cmbert import testing
+    from cmbert.model import CMBertConfig
 
-    from cmbert.checkpoint import save_checkpoint
-    from cmbert.model import CMBertConfig, build_model, load_tokenizer
-
-    torch.manual_seed(0)
-    cfg = CMBertConfig(audio_dim=AUDIO_DIM, **({"encoder": encoder} if encoder else {}))
-    model = build_model(cfg)
-    meta = {"feature_set": FEATURE_SET, "feature_dim": AUDIO_DIM, "model_id": "cmbert-bench", "seed": 0,
-            "epoch": 0, "metrics": {}}
-    return save_checkpoint(model, load_tokenizer(cfg), cfg, uri, meta)
+    return testing.make_checkpoint(uri, FEATURE_SET, AUDIO_DIM, encoder=encoder or CMBertConfig().encoder,
+                                   model_id="cmbert-bench")
 
 
 # ---------------------------------------------------------------- FLOPs
 
 
-def flop_model(model) -> dict:
-    """The constants of the analytic forward-FLOPs formula (see the module docstring)."""
-    enc = model.encoder
-    embedding_ids = {id(p) for p in getattr(enc, "embeddings", enc.get_input_embeddings()).parameters()}
-    p_nonemb = sum(p.numel() for p in model.parameters() if id(p) not in embedding_ids)
-    return {"params_nonembedding": p_nonemb, "layers": enc.config.num_hidden_layers,
-            "hidden": enc.config.hidden_size, "proj_dim": model.config.proj_dim if model.fusion is not None else 0,
-            "fusion": model.fusion is not None}
+def forward_flops(config, lengths) -> float:
+    """Forward FLOPs of utterances of these word-piece counts (cmbert.model.estimate_flops)."""
+    from cmbert.model import estimate_flops
 
-
-def forward_flops(fm: dict, t: int) -> float:
-    flops = 2.0 * fm["params_nonembedding"] * t + fm["layers"] * 4.0 * t * t * fm["hidden"]
-    if fm["fusion"]:
-        flops += 4.0 * t * t * fm["proj_dim"] + 2.0 * t * t * fm["hidden"]
-    return flops
+    return sum(estimate_flops(config, t)["forward"] for t in lengths)
 
 
 def load_scorer(ckpt: str, batch_size: int):
@@ -191,7 +162,6 @@ def in_process(ckpt: str, table, args, peaks: dict) -> dict:
     import torch
 
     from cmbert.collate import token_lengths
-    from cmbert.raysetup import start_local_ray
     from cmbert.scoring import INPUT_COLUMNS
 
     torch.set_num_threads(args.threads)
@@ -201,14 +171,13 @@ def in_process(ckpt: str, table, args, peaks: dict) -> dict:
     rows = table.select(INPUT_COLUMNS).to_pylist()  # what ScoreStage hands score_rows
     naive_rows = rows[:args.naive_rows]
     lengths = token_lengths(rows, lm.tokenizer, lm.config.max_len)
-    fm = flop_model(lm.model)
     from cmbert.collate import length_buckets
 
     padded = sum(len(b) * max(lengths[i] for i in b) for b in length_buckets(lengths, args.batch_size))
-    out = {"checkpoint_load_s": load_s, "flop_model": fm, "rows": len(rows), "naive_rows": len(naive_rows),
+    out = {"checkpoint_load_s": load_s, "flop_formula": "cmbert.model.estimate_flops", "rows": len(rows), "naive_rows": len(naive_rows),
            "tokens_per_utterance": {"mean": statistics.mean(lengths), "min": min(lengths), "max": max(lengths)},
            "words_per_utterance_mean": statistics.mean(len(r["words"]) for r in rows),
-           "gflop_per_utterance": sum(forward_flops(fm, t) for t in lengths) / len(rows) / 1e9,
+           "gflop_per_utterance": forward_flops(lm.config, lengths) / len(rows) / 1e9,
            "padded_token_fraction_batched": 1 - sum(lengths) / padded}
     reference = None
     all_rows, all_naive = rows, naive_rows
@@ -217,8 +186,8 @@ def in_process(ckpt: str, table, args, peaks: dict) -> dict:
         rows, naive_rows = all_rows, all_naive
         if dtype == "bf16" and args.bf16_rows:  # emulated bf16 is ~100x slower: a prefix keeps the bench short
             rows, naive_rows = all_rows[:args.bf16_rows], all_naive[:args.bf16_rows]
-        flops_all = sum(forward_flops(fm, t) for t in lengths[:len(rows)])
-        flops_naive = sum(forward_flops(fm, t) for t in lengths[:len(naive_rows)])
+        flops_all = forward_flops(lm.config, lengths[:len(rows)])
+        flops_naive = forward_flops(lm.config, lengths[:len(naive_rows)])
         with ctx():
             scorer.forward(rows[:args.batch_size])  # warm up both shapes
             scorer.forward(rows[:1])
@@ -251,8 +220,8 @@ def in_process(ckpt: str, table, args, peaks: dict) -> dict:
         }
         print(f"[bench] {dtype}: batched {statistics.median(a_ups):.1f} utt/s, naive {statistics.median(b_ups):.1f} "
               f"utt/s, ratio {statistics.median(pair):.2f}x", flush=True)
+    out["_lengths"], out["_config"] = lengths, lm.config  # for (d)'s FLOPs; popped by main()
     del lm, scorer
-    out["_lengths"] = lengths  # for (d)'s FLOPs; popped by main()
     return out
 
 
@@ -312,6 +281,7 @@ def ray_job(ckpt: str, table, args, work: str) -> dict:
 
     import score
     from cmbert import storage
+    from cmbert.raysetup import start_local_ray
     from cmbert.scoring import INPUT_COLUMNS
     from schemas import UTTERANCES_SCHEMA
 
@@ -415,7 +385,7 @@ def main() -> None:
                    "threads": args.threads, "batch_size": args.batch_size}
         figures |= in_process(ckpt, table, args, peaks)
         d = per_core_processes(ckpt, table, args)
-        flops_all = sum(forward_flops(figures["flop_model"], t) for t in figures.pop("_lengths"))
+        flops_all = forward_flops(figures.pop("_config"), figures.pop("_lengths"))
         d["mfu_vs_stack_peak"] = summary([flops_all / t / PEAK_FLOPS["fp32"] for t in d.pop("walls")])
         d["over_naive"] = d["utterances_per_s"]["median"] / figures["fp32"]["naive"]["utterances_per_s"]["median"]
         figures["fp32_per_core_processes"] = d

@@ -4,7 +4,8 @@
 
 Synthetic utterances (``--words`` words each, 25-d word audio) through CM-BERT with jobs/train.py's defaults (audio
 at [CLS] and in the attention's values), batch 24.
-MFU = analytic training FLOPs per sample (3x the forward matmuls: encoder, attention, fusion, head)
+MFU = analytic training FLOPs per sample (cmbert.model.estimate_flops: 3x the forward matmuls: encoder, attention,
+fusion, head)
 x samples/s / the fp32 matmul peak in ../shared/STACK.md (167 GFLOP/s on 2 threads). The plain loop times
 ``--steps`` steps after two warm-up steps; the Ray Train figure is the last of ``--epochs`` epochs' rows/s from
 inside train_func (collate included; start-up and epoch 0's warm-up excluded); fit_s is the whole fit().
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -35,34 +36,18 @@ VOCAB = ("the movie was really not very good bad great awful acting plot funny b
 
 
 def synthetic_rows(n: int, words: int, seed: int = 0) -> list[dict]:
-    from cmbert.manifest import Utterance, Word, text_id
+    """``n`` labelled utterances of ``words`` words with 25-d generated word audio (cmbert.testing)."""
+    from cmbert.testing import utterance_rows
 
-    rng = random.Random(seed)
-    now = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-    rows = []
-    for i in range(n):
-        ws = [rng.choice(VOCAB) for _ in range(words)]
-        feats = [tuple(rng.gauss(0, 1) for _ in range(AUDIO_DIM)) for _ in ws]
-        cid = text_id(f"bench-{seed}-{i}")
-        u = Utterance(cid, cid, f"bench/{i}.wav", "S0", 0.0, 0.3 * words, " ".join(ws),
-                      tuple(Word(w, 0.3 * j, 0.3 * j + 0.25, "S0", f) for j, (w, f) in enumerate(zip(ws, feats))),
-                      "align", "bench", AUDIO_DIM, rng.uniform(-3, 3))
-        rows.append(u.to_row("bench", now))
-    return rows
+    return utterance_rows(n, seed=seed, words=(words, words), vocab=VOCAB, audio_dim=AUDIO_DIM,
+                          feature_set="bench", run_id="bench")
 
 
-def train_flops_per_sample(model, tokens: float) -> float:
-    """3 x forward matmul FLOPs for one utterance of ``tokens`` word-pieces (backward ~ 2 x forward)."""
-    enc = model.encoder.config
-    h, inter, layers, t = enc.hidden_size, enc.intermediate_size, enc.num_hidden_layers, tokens
-    per_layer = 2 * t * (4 * h * h + 2 * h * inter) + 2 * 2 * t * t * h  # projections + FFN; QK^T and AV
-    fwd = layers * per_layer + 2 * h
-    if model.fusion is not None:
-        d, da = model.config.proj_dim, model.config.audio_dim
-        fwd += 2 * t * (h * d + da * d) + 2 * 2 * t * t * d + 2 * t * t * h + 2 * t * h * h
-        if model.config.audio_values:  # A V_a: (T, Da) x (Da, H), then the attention over it
-            fwd += 2 * t * da * h + 2 * t * t * h
-    return 3.0 * fwd
+def train_flops_per_sample(config, tokens: float) -> float:
+    """Training FLOPs of one utterance of ``tokens`` word-pieces (cmbert.model.estimate_flops)."""
+    from cmbert.model import estimate_flops
+
+    return estimate_flops(config, tokens)["train"]
 
 
 def plain_loop(encoder: str, rows: list[dict], steps: int, batch: int, threads: int) -> dict:
@@ -94,7 +79,7 @@ def plain_loop(encoder: str, rows: list[dict], steps: int, batch: int, threads: 
             times.append(time.perf_counter() - t0)
             model_times.append(time.perf_counter() - t1)
     tokens = sum(token_lengths(rows, tok, 50)) / len(rows)
-    flops = train_flops_per_sample(model, tokens)
+    flops = train_flops_per_sample(model.config, tokens)
     sps = batch / (sum(times) / len(times))
     model_sps = batch / (sum(model_times) / len(model_times))
     return {"samples_per_s": sps, "step_s": summary(times), "tokens_per_sample": tokens,
@@ -115,10 +100,14 @@ def ray_train(encoder: str, rows: list[dict], workers: int, threads: int, flops:
         write_table(pa.Table.from_pylist(rows, schema=UTTERANCES_SCHEMA), f"{tmp}/train", UTTERANCES_SCHEMA)
         write_table(pa.Table.from_pylist(rows[:24], schema=UTTERANCES_SCHEMA), f"{tmp}/dev", UTTERANCES_SCHEMA)
         t0 = time.perf_counter()
-        s = train.main(["--train", f"{tmp}/train", "--dev", f"{tmp}/dev", "--output", f"{tmp}/out", "--encoder",
-                        encoder, "--epochs", str(epochs), "--workers", str(workers), "--threads-per-worker",
-                        str(threads)])
+        code = train.main(["--train", f"{tmp}/train", "--dev", f"{tmp}/dev", "--output", f"{tmp}/out", "--encoder",
+                           encoder, "--epochs", str(epochs), "--workers", str(workers), "--threads-per-worker",
+                           str(threads)])
         fit_s = time.perf_counter() - t0
+        if code:
+            raise SystemExit(f"train failed with {code}")
+        with open(f"{tmp}/out/summary.json") as f:
+            s = json.load(f)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     sps = s["seeds"][0]["train_rows_per_s_last_epoch"] or s["seeds"][0]["train_rows_per_s"]

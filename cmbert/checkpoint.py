@@ -1,11 +1,15 @@
 """Checkpoints: model.safetensors + config.json + tokenizer files + meta.json, in a local folder or under s3://.
 
-meta.json is written last and lists every other file with its size and sha256, so a checkpoint whose
+meta.json (``CheckpointMeta``, read and written only here) is written last and lists every other file with its size and sha256, so a checkpoint whose
 save did not finish (no meta.json) or whose files were cut short or changed is refused with a clear error.
 Weights are only ever safetensors: nothing here unpickles.
 
 A multi-seed training output is a folder of ``seed-N/`` checkpoints plus a top-level meta.json naming the
 best one; ``load_checkpoint`` on the top level loads that seed.
+
+The training job's epoch checkpoints add a second format beside the first: Adam's state
+(``save_train_state``/``load_train_state``, optimizer.safetensors + train_state.json), which a resumed run reads
+and the published checkpoint leaves out (``TRAIN_STATE_FILES``).
 """
 
 from __future__ import annotations
@@ -13,27 +17,67 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import posixpath
-import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 
-import pyarrow.fs as pafs
 import torch
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+from cmbert import storage
+from cmbert.errors import UserError
 from cmbert.model import CMBert, CMBertConfig, build_model
-from cmbert.storage import explain, locate
+from cmbert.storage import StorageError, locate
 
 FORMAT = "cmbert-checkpoint/1"
 MULTI_FORMAT = "cmbert-multiseed/1"
 META = "meta.json"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+TRAIN_STATE_FILES = ("optimizer.safetensors", "train_state.json")  # in epoch checkpoints only, never published
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unfinished, truncated or corrupt; the message names the path."""
+
+
+@dataclass
+class CheckpointMeta:
+    """meta.json: what a checkpoint is (format, weights hash, files) and what it was trained on.
+
+    One checkpoint (``FORMAT``) has ``files``; a multi-seed output's top level (``MULTI_FORMAT``) has
+    ``checkpoints`` (its seed folders) and ``best`` (one of them) instead. Keys an older meta.json lacks get the
+    defaults below; keys this code does not know are ignored.
+    """
+
+    format: str = FORMAT
+    model_version: str = ""  # weights_version() of the weights; set by save_checkpoint
+    feature_set: str = "none"  # the audio features trained on ("none": text only)
+    feature_dim: int = 0
+    model_id: str | None = None  # the model's name in score rows
+    # "zeros": trained on audio-absent rows as zero audio, so it may score them the same way; else "refuse".
+    missing_audio: str = "refuse"
+    seed: int | None = None
+    epoch: int | None = None
+    metrics: dict = field(default_factory=dict)  # dev metrics of this epoch
+    run_id: str | None = None
+    code_version: str | None = None
+    train_config: dict = field(default_factory=dict)  # the training job's resolved options
+    files: dict = field(default_factory=dict)  # name -> {"bytes": int, "sha256": str}; set by save_checkpoint
+    checkpoints: list = field(default_factory=list)  # multi-seed: the seed folders
+    best: str | None = None  # multi-seed: the seed folder with the lowest dev loss
+
+    @property
+    def multiseed(self) -> bool:
+        return self.format == MULTI_FORMAT
+
+    def to_dict(self) -> dict:
+        """The JSON object; unset fields (None, empty) are left out, as meta.json always had them."""
+        return {k: v for k, v in asdict(self).items() if v is not None and v != {} and v != []}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CheckpointMeta":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
 
 
 @dataclass
@@ -41,7 +85,7 @@ class LoadedModel:
     model: CMBert
     tokenizer: object
     config: CMBertConfig
-    meta: dict
+    meta: CheckpointMeta
 
 
 def weights_version(state: dict[str, torch.Tensor]) -> str:
@@ -54,20 +98,6 @@ def weights_version(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def _sha256_stream(f) -> tuple[str, int]:
-    """(sha256 hex digest, bytes read) of a binary stream, read in 1 MiB blocks."""
-    h, size = hashlib.sha256(), 0
-    for block in iter(lambda: f.read(1 << 20), b""):
-        h.update(block)
-        size += len(block)
-    return h.hexdigest(), size
-
-
-def _sha256_file(path: str) -> str:
-    with open(path, "rb") as f:
-        return _sha256_stream(f)[0]
-
-
 def _check_file(uri: str, file_uri: str, info: dict, sha256: str, size: int) -> None:
     """Raise CheckpointError unless a file's size and sha256 are what meta.json lists for it."""
     if size != info["bytes"]:
@@ -77,150 +107,193 @@ def _check_file(uri: str, file_uri: str, info: dict, sha256: str, size: int) -> 
         raise CheckpointError(f"checkpoint {uri} is corrupt: {file_uri} does not match the sha256 in meta.json")
 
 
-def save_checkpoint(model, tokenizer, config: CMBertConfig, uri: str, meta: dict) -> dict:
+def save_checkpoint(model, tokenizer, config: CMBertConfig, uri: str, meta: CheckpointMeta) -> CheckpointMeta:
     """Write a checkpoint to ``uri`` (local folder or s3://...). Returns the meta.json written.
 
-    ``meta`` should carry feature_set, feature_dim, model_id, seed, epoch and metrics; model_version (the
-    weights' content hash), the file list and the format are added here.
+    ``meta`` carries what the model was trained on (feature_set, feature_dim, model_id, seed, epoch, metrics);
+    model_version (the weights' content hash), the file list and the format are set here.
     """
+    if config.encoder_config is None:  # config.json must rebuild the encoder without its pretrained weights
+        raise ValueError("the config has no encoder_config: save the model's own (model.config, filled in by "
+                         "build_model)")
     model = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with tempfile.TemporaryDirectory(prefix="cmbert-ckpt-") as stage:
+    with storage.scratch_dir(prefix="cmbert-ckpt-") as stage:
         save_file(state, os.path.join(stage, WEIGHTS), metadata={"format": "pt"})
-        with open(os.path.join(stage, CONFIG), "w") as f:
-            json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+        storage.write_json(os.path.join(stage, CONFIG), config.to_dict())
         tokenizer.save_pretrained(stage)
         files = {}
-        for name in sorted(os.listdir(stage)):
-            path = os.path.join(stage, name)
-            if os.path.isfile(path):
-                files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256_file(path)}
-        full_meta = dict(meta) | {"format": FORMAT, "model_version": weights_version(state), "files": files}
-        with open(os.path.join(stage, META), "w") as f:
-            json.dump(full_meta, f, indent=2, sort_keys=True, default=str)
-        publish_dir(pafs.LocalFileSystem(), stage, uri)
+        for name in storage.list_files(stage, suffix=None, skip_hidden=False, recursive=False, relative=True):
+            sha256, size = storage.sha256(os.path.join(stage, name))
+            files[name] = {"bytes": size, "sha256": sha256}
+        full_meta = replace(meta, format=FORMAT, model_version=weights_version(state), files=files,
+                            checkpoints=[], best=None)
+        storage.write_json(os.path.join(stage, META), full_meta.to_dict())
+        publish_checkpoint(stage, uri)
     return full_meta
 
 
-def publish_dir(src_fs: pafs.FileSystem, src_path: str, uri: str, skip: tuple[str, ...] = ()) -> None:
+def publish_checkpoint(src: "str | storage.Location", uri: str, skip: tuple[str, ...] = ()) -> None:
     """Copy the files of one checkpoint folder to ``uri``, meta.json last (and any old meta.json removed first),
     so a reader never sees a meta.json next to files from another save."""
-    dest = locate(uri)
-    try:
-        infos = src_fs.get_file_info(pafs.FileSelector(src_path, recursive=False))
-        names = sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File)
-        if META not in names:
-            raise CheckpointError(f"cannot publish {src_path}: it has no {META}")
-        dest.fs.create_dir(dest.path, recursive=True)
-        old_meta = dest.join(META)
-        if dest.fs.get_file_info(old_meta.path).type == pafs.FileType.File:
-            dest.fs.delete_file(old_meta.path)
-        for name in [n for n in names if n != META and n not in skip] + [META]:
-            src = posixpath.join(src_path, name)
-            final = dest.join(name)
-            if dest.is_s3:  # one PUT per object: an object is either complete or absent
-                pafs.copy_files(src, final.path, source_filesystem=src_fs, destination_filesystem=dest.fs)
-            else:  # local: write beside, then rename into place
-                tmp = final.path + ".partial"
-                pafs.copy_files(src, tmp, source_filesystem=src_fs, destination_filesystem=dest.fs)
-                os.replace(tmp, final.path)
-    except OSError as exc:
-        raise explain(exc, uri, "write checkpoint to") from None
+    names = storage.list_files(src, suffix=None, skip_hidden=False, recursive=False, relative=True)
+    if META not in names:
+        raise CheckpointError(f"cannot publish {storage.locate(src).path}: it has no {META}")
+    storage.copy_tree(src, uri, skip=skip, last=(META,), recursive=False, action="write checkpoint to")
 
 
-def write_multiseed_meta(uri: str, meta: dict) -> None:
+def write_multiseed_meta(uri: str, meta: CheckpointMeta) -> None:
     """The top-level meta.json of a multi-seed output: ``checkpoints`` (sub-folders) and ``best`` (one of them)."""
-    dest = locate(uri)
-    body = json.dumps(dict(meta) | {"format": MULTI_FORMAT}, indent=2, sort_keys=True, default=str).encode()
-    try:
-        dest.fs.create_dir(dest.path, recursive=True)
-        with dest.fs.open_output_stream(dest.join(META).path) as f:
-            f.write(body)
-    except OSError as exc:
-        raise explain(exc, uri, "write checkpoint to") from None
+    if not meta.checkpoints or meta.best not in meta.checkpoints:
+        raise ValueError(f"a multi-seed meta.json names its checkpoints and the best of them, not {meta.best!r}")
+    storage.write_json(locate(uri).join(META), replace(meta, format=MULTI_FORMAT, files={}).to_dict(),
+                       action="write checkpoint to")
 
 
-def read_meta(uri: str) -> dict:
+def read_meta(uri: str) -> CheckpointMeta:
+    """The meta.json of a checkpoint or of a multi-seed output (CheckpointError when absent or not ours)."""
     loc = locate(uri).join(META)
     try:
-        with loc.fs.open_input_stream(loc.path) as f:
-            data = f.read()
+        data = storage.read_bytes(loc)
     except FileNotFoundError:
         raise CheckpointError(f"{uri} is not a checkpoint: {loc.uri} is missing (no checkpoint there, or its "
                               f"save did not finish)") from None
-    except OSError as exc:
-        raise CheckpointError(str(explain(exc, loc.uri, "read"))) from None
+    except StorageError as exc:
+        raise CheckpointError(str(exc)) from None
     try:
         meta = json.loads(data)
     except ValueError:
         raise CheckpointError(f"checkpoint {uri} is corrupt: {loc.uri} is not valid JSON") from None
-    if meta.get("format") not in (FORMAT, MULTI_FORMAT):
-        raise CheckpointError(f"{uri} is not a cmbert checkpoint (format {meta.get('format')!r} in {loc.uri})")
-    return meta
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, MULTI_FORMAT):
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{uri} is not a cmbert checkpoint (format {found!r} in {loc.uri})")
+    return CheckpointMeta.from_dict(meta)
 
 
 def seed_checkpoints(uri: str) -> list[str]:
     """The checkpoint URIs under ``uri``: every seed of a multi-seed output, or ``uri`` itself."""
     meta = read_meta(uri)
-    if meta["format"] == MULTI_FORMAT:
-        return [locate(uri).join(name).uri for name in meta["checkpoints"]]
+    if meta.multiseed:
+        return [locate(uri).join(name).uri for name in meta.checkpoints]
     return [uri]
 
 
-def verify_checkpoint(uri: str) -> dict:
+def best_checkpoint(uri: str) -> tuple[str, CheckpointMeta]:
+    """(URI, meta) of the one checkpoint ``uri`` names: itself, or the best seed of a multi-seed output."""
+    meta = read_meta(uri)
+    if meta.multiseed:
+        uri = locate(uri).join(meta.best).uri
+        meta = read_meta(uri)
+    return uri, meta
+
+
+def verify_checkpoint(uri: str) -> CheckpointMeta:
     """Check, without loading the model, that every file meta.json lists is there, whole and unchanged (size and
     sha256); returns the meta. For a job's driver: a damaged checkpoint is refused in one line before any work,
     instead of failing inside every worker that loads it. ``uri`` is one checkpoint, not a multi-seed output."""
     meta = read_meta(uri)
     src = locate(uri)
-    for name, info in sorted(meta.get("files", {}).items()):
+    for name, info in sorted(meta.files.items()):
         loc = src.join(name)
         try:
-            with loc.fs.open_input_stream(loc.path) as f:
-                sha256, size = _sha256_stream(f)
+            sha256, size = storage.sha256(loc)
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {uri} is incomplete: {loc.uri} is missing") from None
-        except OSError as exc:
-            raise CheckpointError(str(explain(exc, loc.uri, "read"))) from None
+        except StorageError as exc:
+            raise CheckpointError(str(exc)) from None
         _check_file(uri, loc.uri, info, sha256, size)
     return meta
 
 
 def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a checkpoint (the best seed of a multi-seed output) in eval mode. No pretrained weights needed."""
-    meta = read_meta(uri)
-    if meta["format"] == MULTI_FORMAT:
-        return load_checkpoint(locate(uri).join(meta["best"]).uri, device)
+    uri, meta = best_checkpoint(uri)
     src = locate(uri)
-    with tempfile.TemporaryDirectory(prefix="cmbert-load-") as local:
-        for name, info in sorted(meta["files"].items()):
-            path = os.path.join(local, name)
-            try:
-                pafs.copy_files(src.join(name).path, path, source_filesystem=src.fs,
-                                destination_filesystem=pafs.LocalFileSystem())
-            except FileNotFoundError:
-                raise CheckpointError(f"checkpoint {uri} is incomplete: {src.join(name).uri} is missing") from None
-            except OSError as exc:
-                raise CheckpointError(str(explain(exc, src.join(name).uri, "read"))) from None
-            _check_file(uri, src.join(name).uri, info, _sha256_file(path), os.path.getsize(path))
-        with open(os.path.join(local, CONFIG)) as f:
-            config = CMBertConfig.from_dict(json.load(f))
-        if config.encoder_config is None:
-            raise CheckpointError(f"checkpoint {uri} is corrupt: {CONFIG} has no encoder_config")
-        model = build_model(config)
-        with open(os.path.join(local, WEIGHTS), "rb") as f:
-            try:
-                state = load_safetensors(f.read())
-            except Exception as exc:  # safetensors raises its own error types for bad headers
-                raise CheckpointError(f"checkpoint {uri} is corrupt: cannot read {WEIGHTS}: {exc}") from None
+    data = {}
+    for name, info in sorted(meta.files.items()):  # each file read once, checked, then used from memory
+        loc = src.join(name)
         try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise CheckpointError(f"checkpoint {uri} does not fit its config.json: {first}") from None
-        from transformers import AutoTokenizer
+            data[name] = storage.read_bytes(loc)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {uri} is incomplete: {loc.uri} is missing") from None
+        except StorageError as exc:
+            raise CheckpointError(str(exc)) from None
+        _check_file(uri, loc.uri, info, hashlib.sha256(data[name]).hexdigest(), len(data[name]))
+    if CONFIG not in data or WEIGHTS not in data:
+        raise CheckpointError(f"checkpoint {uri} is corrupt: meta.json lists no {CONFIG if CONFIG not in data else WEIGHTS}")
+    config = CMBertConfig.from_dict(json.loads(data.pop(CONFIG)))
+    if config.encoder_config is None:
+        raise CheckpointError(f"checkpoint {uri} is corrupt: {CONFIG} has no encoder_config")
+    model = build_model(config)
+    try:
+        state = load_safetensors(data.pop(WEIGHTS))
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"checkpoint {uri} is corrupt: cannot read {WEIGHTS}: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"checkpoint {uri} does not fit its config.json: {first}") from None
+    from transformers import AutoTokenizer
 
+    with storage.scratch_dir(prefix="cmbert-load-") as local:  # the tokenizer loads from a folder
+        for name, body in data.items():
+            storage.write_bytes(os.path.join(local, name), body)
         tokenizer = AutoTokenizer.from_pretrained(local)
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, meta=meta)
 
+
+
+# ---------------------------------------------------------------- what scoring needs, without the weights
+
+
+@dataclass
+class ModelInfo:
+    """What scoring needs to know of a checkpoint before any weights load."""
+
+    checkpoint: str  # the single checkpoint scored with (the best seed of a multi-seed output)
+    model_id: str
+    model_version: str
+    audio: "ModelAudio"  # noqa: F821 (cmbert.scoring.ModelAudio: which utterances' audio it can score)
+
+
+def read_model_info(checkpoint: str) -> ModelInfo:
+    """``ModelInfo`` from a checkpoint's meta.json and config.json only (no weights read here); a multi-seed
+    output resolves to its best seed."""
+    from cmbert.scoring import ModelAudio  # scoring builds on this module, not the other way round
+
+    checkpoint, meta = best_checkpoint(checkpoint)
+    loc = locate(checkpoint).join(CONFIG)
+    try:
+        config = CMBertConfig.from_dict(storage.read_json(loc))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {loc.uri} is missing") from None
+    return ModelInfo(checkpoint, str(meta.model_id or "cmbert"), str(meta.model_version),
+                     ModelAudio.from_meta(meta.to_dict(), config))
+
+
+# ---------------------------------------------------------------- the optimizer's state (epoch checkpoints)
+
+
+def save_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    """Adam's moments as safetensors (keyed by parameter name) and the epoch, beside the checkpoint's weights in
+    the local folder ``path``."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {}
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            tensors[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    save_file(tensors, os.path.join(path, TRAIN_STATE_FILES[0]))
+    storage.write_json(os.path.join(path, TRAIN_STATE_FILES[1]), {"epoch": epoch})
+
+
+def load_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Restore weights and Adam's state from the local epoch checkpoint ``path``; returns the epoch it finished."""
+    model.load_state_dict(load_file(os.path.join(path, WEIGHTS)), strict=True)
+    params = dict(model.named_parameters())
+    for key, value in load_file(os.path.join(path, TRAIN_STATE_FILES[0])).items():
+        name, slot = key.split("::")
+        p = params[name]
+        optimizer.state[p][slot] = value if slot == "step" else value.to(p.device)
+    return int(storage.read_json(os.path.join(path, TRAIN_STATE_FILES[1]))["epoch"])

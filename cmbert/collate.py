@@ -1,13 +1,15 @@
 """Utterance rows -> model tensors; batching rows for inference; reading labelled utterance datasets.
 
-A row is a dict as ``schemas.UTTERANCES_SCHEMA`` gives it (``table.to_pylist()``): ``text``, ``words`` (a list of
-``{word, features, ...}``) and ``label``. Each word's audio vector is spread over its word-pieces; [CLS], [SEP],
-padding and words without features (text-only rows) get zeros.
+Reading has one typed path: a row as ``schemas.UTTERANCES_SCHEMA`` gives it (``table.to_pylist()``, a dict with
+``text``, ``words`` (a list of ``{word, features, ...}``) and ``label``) becomes an ``UtteranceInput`` once
+(``UtteranceInput.from_row``): its words, its word audio as one array, its label. Each word's audio vector is
+spread over its word-pieces; [CLS], [SEP], padding and words without features (text-only rows) get zeros.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -15,9 +17,32 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from cmbert.errors import FeatureMismatch
 from cmbert.storage import read_table
 
 COLUMNS = ("utterance_id", "text", "words", "label", "feature_set", "feature_dim", "audio_present", "start", "end")
+
+
+@dataclass(frozen=True, eq=False)
+class UtteranceInput:
+    """One utterance as the model reads it (training, evaluation): converted from its row once, then batched
+    by ``collate`` as often as needed."""
+
+    utterance_id: str
+    words: tuple[str, ...]
+    audio: np.ndarray | None  # (n_words, Da) float32, zeros for words without features; None: no word has any
+    label: float  # NaN when the row has no finite label
+
+    @classmethod
+    def from_row(cls, row: dict, audio_dim: int) -> "UtteranceInput":
+        """ValueError (naming the word) when a word's vector does not have ``audio_dim`` features."""
+        return cls(str(row.get("utterance_id") or ""), tuple(row_words(row)), _word_vectors(row, audio_dim),
+                   _label(row.get("label")))
+
+
+def as_inputs(rows: Sequence[dict | UtteranceInput], audio_dim: int) -> list[UtteranceInput]:
+    """``rows`` as model inputs: dict rows are read (``UtteranceInput.from_row``), inputs pass through."""
+    return [r if isinstance(r, UtteranceInput) else UtteranceInput.from_row(r, audio_dim) for r in rows]
 
 
 def row_words(row: dict) -> list[str]:
@@ -33,29 +58,28 @@ def _label(value) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def collate(rows: list[dict], tokenizer, max_len: int, audio_dim: int) -> dict[str, torch.Tensor]:
+def collate(rows: Sequence[dict | UtteranceInput], tokenizer, max_len: int, audio_dim: int) -> dict[str, torch.Tensor]:
     """Tokenize the rows' words (truncated to ``max_len`` word-pieces) and align their audio.
 
     Returns input_ids (B, T) int64, attention_mask (B, T) int64, audio (B, T, audio_dim) float32 and
     labels (B,) float32 with NaN where a row has no label. T is the longest row in the batch (<= max_len).
     """
-    batch_words = [row_words(r) or [tokenizer.unk_token] for r in rows]
-    enc = tokenizer(batch_words, is_split_into_words=True, truncation=True, max_length=max_len,
-                    padding="longest", return_tensors="pt")
+    inputs = as_inputs(rows, audio_dim)
+    enc = tokenizer([list(u.words) or [tokenizer.unk_token] for u in inputs], is_split_into_words=True,
+                    truncation=True, max_length=max_len, padding="longest", return_tensors="pt")
     input_ids = enc["input_ids"]  # (B, T)
-    audio = np.zeros((len(rows), input_ids.shape[1], audio_dim), dtype=np.float32)  # (B, T, Da)
-    for i, row in enumerate(rows):
-        vectors = _word_vectors(row, audio_dim)
-        if vectors is None:
+    audio = np.zeros((len(inputs), input_ids.shape[1], audio_dim), dtype=np.float32)  # (B, T, Da)
+    for i, u in enumerate(inputs):
+        if u.audio is None:
             continue
         word_ids = np.array([-1 if w is None else w for w in enc.word_ids(i)])  # (T,)
         pieces = word_ids >= 0
-        audio[i, pieces] = vectors[word_ids[pieces]]
+        audio[i, pieces] = u.audio[word_ids[pieces]]
     return {
         "input_ids": input_ids,
         "attention_mask": enc["attention_mask"],
         "audio": torch.from_numpy(audio),
-        "labels": torch.tensor([_label(r.get("label")) for r in rows], dtype=torch.float32),
+        "labels": torch.tensor([u.label for u in inputs], dtype=torch.float32),
     }
 
 
@@ -71,7 +95,7 @@ def _word_vectors(row: dict, audio_dim: int) -> np.ndarray | None:
         vectors = None
     if vectors is None or vectors.shape != (len(have), audio_dim):
         j = next(j for j in have if np.asarray(feats[j]).size != audio_dim)
-        raise ValueError(f"word {j} ({row['words'][j].get('word')!r}) has {np.asarray(feats[j]).size} audio "
+        raise FeatureMismatch(f"word {j} ({row['words'][j].get('word')!r}) has {np.asarray(feats[j]).size} audio "
                          f"features, the model expects {audio_dim}: the utterances were made with another "
                          "feature set")
     out = np.zeros((len(feats), audio_dim), dtype=np.float32)
@@ -79,8 +103,9 @@ def _word_vectors(row: dict, audio_dim: int) -> np.ndarray | None:
     return out
 
 
-def token_lengths(rows: Sequence[dict], tokenizer, max_len: int) -> list[int]:
-    enc = tokenizer([row_words(r) or [tokenizer.unk_token] for r in rows], is_split_into_words=True,
+def token_lengths(rows: Sequence[dict | UtteranceInput], tokenizer, max_len: int) -> list[int]:
+    words = [list(r.words) if isinstance(r, UtteranceInput) else row_words(r) for r in rows]
+    enc = tokenizer([w or [tokenizer.unk_token] for w in words], is_split_into_words=True,
                     truncation=True, max_length=max_len)
     return [len(ids) for ids in enc["input_ids"]]
 
@@ -97,13 +122,15 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def predict_rows(model, tokenizer, rows: Sequence[dict], max_len: int, audio_dim: int, batch_size: int = 64,
-                 device: str | torch.device = "cpu", keep_attention: Iterable[int] = ()) -> tuple[np.ndarray, dict]:
+def predict_rows(model, tokenizer, rows: Sequence[dict | UtteranceInput], max_len: int, audio_dim: int,
+                 batch_size: int = 64, device: str | torch.device = "cpu",
+                 keep_attention: Iterable[int] = ()) -> tuple[np.ndarray, dict]:
     """Scores for ``rows`` in their order (length-bucketed batches), eval mode.
 
     ``keep_attention``: row indices whose (alpha_t, beta_a, w_m, input_ids) to return, cropped to real tokens.
     """
     model.eval()
+    rows = as_inputs(rows, audio_dim)
     keep = set(keep_attention)
     scores = np.zeros(len(rows), dtype=np.float32)
     attention: dict[int, dict] = {}

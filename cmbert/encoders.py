@@ -15,7 +15,6 @@ the encoder's config, weights and tokenizer, so scoring a trained model needs no
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -23,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+
+from cmbert.errors import UserError
 
 MINILM = "minilm"
 MPNET = "mpnet"
@@ -51,7 +52,7 @@ MPNET_FILES = {
 _PIECE = re.compile(r"^[^/]+/input/[^/]+\.zip\.(\d{3})$")  # <pkg>/input/all-mpnet-base-v2.zip.00N
 
 
-class EncoderMissing(RuntimeError):
+class EncoderMissing(UserError, RuntimeError):
     """A named encoder is not installed here; the message says how to install it."""
 
 
@@ -83,11 +84,9 @@ def resolve_encoder(encoder: str) -> str:
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from cmbert import storage
+
+    return storage.sha256(path)[0]
 
 
 def join_pieces(wheels: list[str], out_path: str) -> None:

@@ -1,7 +1,7 @@
 """TEST-ONLY fault injection: kill the current worker process once, at a named point, to prove retries work.
 
 Inert unless the environment variable ``CMBERT_TEST_KILL`` is set; nothing in the project sets it outside
-tests (tests/test_reliability_faults.py). Its value is ``SITE:AFTER:MARKER``:
+tests (tests/reliability/test_faults.py). Its value is ``SITE:AFTER:MARKER``:
 
 - ``SITE``: where to die: ``preprocess`` (``ClipStage``, after a task's rows are computed and before they are
   returned) or ``score`` (``ScoreStage``, after a batch is scored and before it is returned);

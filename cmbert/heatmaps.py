@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cmbert.storage import explain, locate  # noqa: E402
+from cmbert import storage  # noqa: E402
 
 
 def attention_png(tokens: list[str], matrices: dict[str, np.ndarray], title: str = "") -> bytes:
@@ -39,24 +39,18 @@ def attention_png(tokens: list[str], matrices: dict[str, np.ndarray], title: str
 
 def write_attention_heatmaps(tokenizer, attention: dict[int, dict], rows: list[dict], scores, out_uri: str) -> list[str]:
     """Write one PNG per utterance in ``attention`` (as ``collate.predict_rows`` returns it) under ``out_uri``."""
-    dest = locate(out_uri)
+    dest = storage.locate(out_uri)
     written = []
-    try:
-        dest.fs.create_dir(dest.path, recursive=True)
-        for i, att in sorted(attention.items()):
-            row = rows[i]
-            tokens = tokenizer.convert_ids_to_tokens(att["input_ids"])
-            label = row.get("label")
-            title = (f"{row.get('utterance_id', i)}  score {float(scores[i]):+.2f}"
-                     + ("" if label is None else f"  label {float(label):+.2f}"))
-            png = attention_png(tokens, {"alpha_t (text)": att["alpha_t"], "W_m (masked multimodal)": att["w_m"]},
-                                title)
-            name = f"{i:05d}-{_safe(str(row.get('utterance_id', i)))}.png"
-            with dest.fs.open_output_stream(dest.join(name).path) as f:
-                f.write(png)
-            written.append(dest.join(name).uri)
-    except OSError as exc:
-        raise explain(exc, out_uri, "write heatmaps to") from None
+    for i, att in sorted(attention.items()):
+        row = rows[i]
+        tokens = tokenizer.convert_ids_to_tokens(att["input_ids"])
+        label = row.get("label")
+        title = (f"{row.get('utterance_id', i)}  score {float(scores[i]):+.2f}"
+                 + ("" if label is None else f"  label {float(label):+.2f}"))
+        png = attention_png(tokens, {"alpha_t (text)": att["alpha_t"], "W_m (masked multimodal)": att["w_m"]},
+                            title)
+        name = f"{i:05d}-{_safe(str(row.get('utterance_id', i)))}.png"
+        written.append(storage.write_bytes(dest.join(name), png, action="write heatmap"))
     return written
 
 

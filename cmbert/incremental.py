@@ -79,7 +79,7 @@ def lineage_safe_shuffle() -> None:
 
     Group-bys shuffle with Ray tasks (sort-based, pull), not the default hash shuffle's aggregator actors: a
     task's output lost with a node is rebuilt from its lineage; an actor's is not, so losing the node that held
-    an aggregator would fail the whole run (tests/test_multinode.py removes a node mid-run). A worker's
+    an aggregator would fail the whole run (tests/jobs/test_multinode.py removes a node mid-run). A worker's
     StorageError comes back as itself (the cause of Ray's task error), not as a UserCodeException with the
     cause only in its text, so the jobs print it as their one-line error."""
     from ray.data.context import DataContext, ShuffleStrategy
@@ -290,8 +290,7 @@ def user_error(exc: BaseException) -> BaseException:
     cur = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, (storage.StorageError, storage.SchemaMismatchError)) and type(cur).__module__ == \
-                storage.__name__:
+        if type(cur) in (storage.StorageError, storage.SchemaMismatchError):  # not Ray's wrapper subclasses
             return cur
         cur = getattr(cur, "cause", None) or cur.__cause__
     return exc

@@ -1,6 +1,6 @@
 """What a preprocess run works on: media files under an input root and/or rows of a manifest.
 
-Runs on the driver. Produces plain task dicts (one per clip or manifest row) for Ray Data, plus
+Runs on the driver. Produces the planned tasks (``cmbert.manifest.ClipTask``, one per clip or manifest row), plus
 rejects for rows that are wrong before any audio is touched (missing file, path outside the root,
 label that is not a number). A malformed manifest (unreadable, no usable columns) is an error before any work.
 An annotated row (a transcript or a label) carries its row key (``cmbert.manifest.row_key``): it becomes
@@ -14,30 +14,27 @@ import posixpath
 import re
 
 import polars as pl
-import pyarrow.fs as pafs
 
-from cmbert.manifest import Reject, row_key, source_id, task_id, text_id
-from cmbert.storage import StorageError, explain, locate
+from cmbert import storage
+from cmbert.errors import UserError
+from cmbert.manifest import ClipTask, Reject, row_key, source_id, task_id, text_id
+from cmbert.storage import StorageError
 
 MEDIA_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".m4a", ".wav", ".flac", ".mp3", ".ogg", ".opus", ".aac")
 LABEL_RANGE = (-3.0, 3.0)
 RESERVED_COLUMNS = ("file", "start", "end")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """The manifest cannot be used at all (raised before any work starts)."""
 
 
 def read_manifest(uri: str) -> pl.DataFrame:
     """CSV, TSV or Parquet, local or S3. Every column is read as text; parsing happens per row."""
-    loc = locate(uri)
     try:
-        with loc.fs.open_input_file(loc.path) as f:
-            data = f.read()
+        data = storage.read_bytes(uri, "read manifest")
     except FileNotFoundError:
         raise ManifestError(f"manifest {uri} does not exist") from None
-    except OSError as exc:
-        raise explain(exc, uri, "read manifest") from None
     try:
         if uri.lower().endswith(".parquet"):
             import io
@@ -62,19 +59,10 @@ def read_manifest(uri: str) -> pl.DataFrame:
 
 def list_media(input_uri: str) -> list[str]:
     """Media files under the input root, as paths relative to it, sorted."""
-    loc = locate(input_uri)
-    try:
-        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
-    except FileNotFoundError:
-        raise ManifestError(f"input {input_uri} does not exist") from None
-    except OSError as exc:
-        raise explain(exc, input_uri, "list") from None
-    rel = [posixpath.relpath(i.path, loc.path) for i in infos if i.type == pafs.FileType.File]
-    return sorted(p for p in rel if p.lower().endswith(MEDIA_EXTENSIONS) and not _hidden(p))
-
-
-def _hidden(rel: str) -> bool:
-    return any(part.startswith((".", "_")) for part in rel.split("/"))
+    files = storage.list_files(input_uri, suffix=None, skip_hidden=True, relative=True)
+    if not files and not storage.exists(input_uri, "list"):
+        raise ManifestError(f"input {input_uri} does not exist")
+    return [p for p in files if p.lower().endswith(MEDIA_EXTENSIONS)]
 
 
 def safe_relative(path: str) -> str | None:
@@ -119,8 +107,9 @@ def build_tasks(
     manifest: pl.DataFrame | None,
     text_column: str = "text",
     label_column: str = "label",
-) -> tuple[list[dict], list[Reject]]:
-    """Tasks for Ray Data (plain dicts) and the rejects found before any audio is read."""
+) -> tuple[list[ClipTask], list[Reject]]:
+    """The planned tasks and the rejects found before any audio is read. Text rows are named here (by their
+    text); media tasks are named by their bytes later (``cmbert.stages.identify_tasks``)."""
     if manifest is None:
         if input_uri is None:
             raise ManifestError("give --input (a folder or S3 prefix of media) and/or --manifest")
@@ -137,7 +126,7 @@ def build_tasks(
     for i, row in enumerate(manifest.iter_rows(named=True)):
         text = row.get(text_column)
         text = text.strip() if isinstance(text, str) and text.strip() else None
-        extra = [(c, str(row[c])) for c in carried if row[c] is not None]
+        extra = tuple((c, str(row[c])) for c in carried if row[c] is not None)
         file = row.get("file") if has_file else None
         source = f"manifest:{i + 1}" if not file else file
         label, bad_label = parse_label(row.get(label_column))
@@ -159,8 +148,8 @@ def build_tasks(
             if problem:
                 rejects.append(Reject(task_id(clip, row=key), clip, source, "manifest", problem))
             else:
-                tasks.append({"kind": "text", "source": source, "text": text, "label": label, "start": None,
-                              "end": None, "extra": extra, "row": key})
+                tasks.append(ClipTask("text", source, text, label, extra=extra, row=key,
+                                      task_id=task_id(clip, row=key), clip_id=clip))
             continue
         if rel is None:
             problem = problem or f"path {file!r} is outside the input root"
@@ -168,15 +157,13 @@ def build_tasks(
             sid = source_id(str(file))
             rejects.append(Reject(task_id(sid, start, end, key), sid, str(file), "manifest", problem))
             continue
-        tasks.append({"kind": "media", "source": rel, "text": text, "label": label, "start": start, "end": end,
-                      "extra": extra, "row": key})
+        tasks.append(ClipTask("media", rel, text, label, start, end, extra, key))
     return tasks, rejects
 
 
-def media_task(rel: str) -> dict:
+def media_task(rel: str) -> ClipTask:
     """An unannotated clip: split into utterances by the pipeline."""
-    return {"kind": "media", "source": rel, "text": None, "label": None, "start": None, "end": None, "extra": [],
-            "row": None}
+    return ClipTask("media", rel)
 
 
 __all__ = ["ManifestError", "StorageError", "build_tasks", "list_media", "read_manifest"]

@@ -1,4 +1,4 @@
-"""THE data model: Clip, Word, Utterance, Reject.
+"""THE data model: Clip, ClipTask, Word, Utterance, Reject.
 
 Times are seconds from the start of the clip. Ids are deterministic, so a rerun produces the same ids and
 overwrites instead of duplicating: a clip is named by the hash of its bytes (or, for a text-only manifest row,
@@ -93,12 +93,59 @@ class Clip:
 
 
 @dataclass(frozen=True)
+class ClipTask:
+    """One planned unit of preprocess work on its way to a worker: a media file or a segment of it (``media``), a
+    text-only manifest row (``text``), or a row planning already rejected (``reject``, with ``stage`` and
+    ``reason``). A row of ``schemas.CLIP_TASK_SCHEMA`` (``to_row`` / ``from_row``): values arrive as they left.
+
+    ``task_id`` and ``clip_id`` name it by content, what the skip-set is keyed on: planning names text rows and
+    rejects; ``cmbert.stages.identify_tasks`` names media by the hash of their bytes (None until then)."""
+
+    kind: str  # media | text | reject
+    source: str  # as Clip.source
+    text: str | None = None
+    label: float | None = None
+    start: float | None = None
+    end: float | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+    row: str | None = None  # the annotated manifest row's key (Clip.row)
+    task_id: str | None = None
+    clip_id: str | None = None
+    stage: str | None = None  # rejects only
+    reason: str | None = None
+    order: int = 0  # position in the plan: of two tasks with one id, the first is kept
+
+    def clip(self, clip_id: str) -> Clip:
+        """The Clip this task is, once its content named it."""
+        return Clip(clip_id, self.source, self.text or None, self.label, self.start, self.end, self.extra, self.row)
+
+    def reject(self) -> Reject:
+        return Reject(self.task_id, self.clip_id, self.source, self.stage, self.reason)
+
+    @classmethod
+    def of_reject(cls, reject: Reject) -> ClipTask:
+        return cls("reject", reject.source, task_id=reject.task_id, clip_id=reject.clip_id, stage=reject.stage,
+                   reason=reject.reason)
+
+    def to_row(self) -> dict:
+        """A dict matching ``schemas.CLIP_TASK_SCHEMA``."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__} | {"extra": list(self.extra)}
+
+    @classmethod
+    def from_row(cls, row: dict) -> ClipTask:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__} | {"extra": tuple(map(tuple, row["extra"] or ()))})
+
+
+@dataclass(frozen=True)
 class Word:
     word: str
     start: float | None  # None when audio is absent
     end: float | None
     speaker: str | None = None
     features: tuple[float, ...] | None = None  # LLDs averaged over [start, end]
+
+
+NO_AUDIO = "none"  # the feature_set of an utterance without audio features (stored as is: existing data has it)
 
 
 @dataclass(frozen=True)
@@ -112,7 +159,7 @@ class Utterance:
     text: str
     words: tuple[Word, ...]
     words_source: str  # align | asr | text
-    feature_set: str  # name of the acoustic feature set, "none" when audio is absent
+    feature_set: str  # name of the acoustic feature set, NO_AUDIO when audio is absent
     feature_dim: int
     label: float | None = None
     extra: tuple[tuple[str, str], ...] = ()

@@ -10,13 +10,17 @@ the comment at the spot says which one this file follows.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cmbert.encoders import DEFAULT_ENCODER, MINILM, MPNET, resolve_encoder  # noqa: F401 (re-exported)
+
+
+TEXT_ONLY = "none"  # the fusion of a text-only model (T-BERT: no audio at all)
+FUSIONS = ("cmbert", TEXT_ONLY)
 
 
 @dataclass
@@ -26,11 +30,13 @@ class CMBertConfig:
     # (random weights, e.g. tiny test models, or weights that a checkpoint then loads); None -> pretrained weights.
     encoder_config: dict | None = None
     fusion: str = "cmbert"  # cmbert | none (none = T-BERT: the encoder's [CLS] -> linear)
-    cls_audio: str = "zero"  # zero: paper, audio cannot reach the score | mean: mean word audio at [CLS]
+    # The defaults are the shipped model, our hearing variant; the paper's CM-BERT is ``PAPER`` (below):
+    # cls_audio="zero", audio_values=False (and a fusion lr of 0.01, cmbert/training.py).
+    cls_audio: str = "mean"  # zero: paper, audio cannot reach the score | mean: mean word audio at [CLS]
     # Ours, off in the paper: the attention's values carry the audio too, X_att = W_m (X_t + A V_a), so the
     # voice reaches [CLS] as content, not only as attention weights over text vectors. V_a starts at zero:
     # an untrained model is exactly the paper's.
-    audio_values: bool = False
+    audio_values: bool = True
     audio_dim: int = 25  # Da; eGeMAPSv02 LLDs are 25. Set from the data by the training job.
     proj_dim: int = 30  # D: both modalities are projected to 30 in the authors' code
     text_kernel: int = 1  # Conv1D kernel sizes (odd). >1 lets neighbouring audio leak into [CLS].
@@ -47,8 +53,8 @@ class CMBertConfig:
     audio_std: list[float] | None = None
 
     def __post_init__(self) -> None:
-        if self.fusion not in ("cmbert", "none"):
-            raise ValueError(f"fusion must be 'cmbert' or 'none', not {self.fusion!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
         if self.cls_audio not in ("zero", "mean"):
             raise ValueError(f"cls_audio must be 'zero' or 'mean', not {self.cls_audio!r}")
         if self.text_kernel % 2 == 0 or self.audio_kernel % 2 == 0:
@@ -67,6 +73,9 @@ class CMBertConfig:
     def from_dict(cls, data: dict) -> "CMBertConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+PAPER = {"cls_audio": "zero", "audio_values": False}  # CMBertConfig(**PAPER): the paper's model, deaf at [CLS]
 
 
 @dataclass
@@ -217,8 +226,10 @@ class CMBert(nn.Module):
 # ---------------------------------------------------------------- building the encoder
 
 
-def build_encoder(config: CMBertConfig) -> nn.Module:
-    """Pretrained weights when ``config.encoder_config`` is None (then it is filled in), else a bare encoder."""
+def build_encoder(config: CMBertConfig) -> tuple[nn.Module, CMBertConfig]:
+    """The encoder and the config it fits: pretrained weights when ``config.encoder_config`` is None (the
+    returned config then carries the encoder's, so a checkpoint rebuilds it without the weights), else a bare
+    encoder from ``encoder_config``. ``config`` itself is not changed."""
     from transformers import AutoConfig, AutoModel
 
     if config.encoder_config is None:
@@ -229,21 +240,49 @@ def build_encoder(config: CMBertConfig) -> nn.Module:
             # CM-BERT never uses the pooler (and DDP dislikes unused weights). Loaded, then dropped: loading the
             # model without it would print transformers' LOAD REPORT of "unexpected" pooler weights in every worker.
             encoder.pooler = None
-        config.encoder_config = encoder.config.to_dict()
-        return encoder
+        return encoder, replace(config, encoder_config=encoder.config.to_dict())
     data = dict(config.encoder_config)
     encoder_config = AutoConfig.for_model(data.pop("model_type", "bert"), **data)
     try:
-        return AutoModel.from_config(encoder_config, add_pooling_layer=False)
+        return AutoModel.from_config(encoder_config, add_pooling_layer=False), config
     except TypeError:
-        return AutoModel.from_config(encoder_config)
+        return AutoModel.from_config(encoder_config), config
 
 
 def build_model(config: CMBertConfig) -> CMBert:
-    return CMBert(config, build_encoder(config))
+    """CM-BERT on its encoder; ``model.config`` is the filled config (``build_encoder``): save that one."""
+    encoder, filled = build_encoder(config)
+    return CMBert(filled, encoder)
 
 
 def load_tokenizer(config: CMBertConfig):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_encoder(config.encoder))
+
+
+# ---------------------------------------------------------------- FLOPs (as nanoGPT's estimate_mfu)
+
+
+def estimate_flops(config: CMBertConfig, tokens: float) -> dict[str, float]:
+    """Matmul FLOPs of one utterance of ``tokens`` real word-pieces: ``forward``, and ``train`` = 3 x forward
+    (backward ~ 2 x forward). Analytic, from the config alone (the encoder's sizes: ``encoder_config``, else the
+    encoder's own config file); padding is not useful work, so it is not counted. Per encoder layer: Q, K, V, O
+    and the FFN, 2 t (4 H^2 + 2 H I), plus QK^T and AV over all heads, 4 t^2 H. The fusion (eq. 1-8): the two
+    projections, 2 t D (H k_t + Da k_a); the two T x T similarities, 4 t^2 D; W_m X_t, 2 t^2 H; its dense layer,
+    2 t H^2; with ``audio_values`` also A V_a, 2 t Da H (W_m then multiplies X_t + A V_a: no second product).
+    The head: 2 H. Embeddings, norms, biases and softmaxes are left out (about 0.1%)."""
+    enc = config.encoder_config
+    if enc is None:
+        from transformers import AutoConfig
+
+        enc = AutoConfig.from_pretrained(resolve_encoder(config.encoder)).to_dict()
+    h, inter, layers, t = enc["hidden_size"], enc["intermediate_size"], enc["num_hidden_layers"], float(tokens)
+    fwd = layers * (2 * t * (4 * h * h + 2 * h * inter) + 4 * t * t * h) + 2 * h
+    if config.fusion == "cmbert":
+        d, da = config.proj_dim, config.audio_dim
+        fwd += 2 * t * d * (h * config.text_kernel + da * config.audio_kernel) + 4 * t * t * d + 2 * t * t * h
+        fwd += 2 * t * h * h
+        if config.audio_values:
+            fwd += 2 * t * da * h
+    return {"forward": fwd, "train": 3.0 * fwd}

@@ -7,7 +7,7 @@ decode -> speech activity -> diarization -> words (forced alignment or ASR) -> s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -21,28 +21,49 @@ from cmbert.audio.diarize import (
     diarize_pyannote,
     diarize_single,
 )
-from cmbert.audio.features import word_features
+from cmbert.audio.features import DEFAULT_BACKEND, word_features
 from cmbert.audio.utterances import SplitParams, split_utterances
 from cmbert.audio.vad import LevelParams, VadParams, boost_quiet, detect_energy, detect_speech
 from cmbert.audio.words import WordParams, align_words, spread_words, transcribe
-from cmbert.manifest import Clip, StageError, Utterance, Word
+from cmbert.manifest import NO_AUDIO, Clip, StageError, Utterance, Word
 
-DIARIZERS = ("auto", "pyannote", "dvector", "none")
+SINGLE_SPEAKER = "none"  # the diarizer that finds no turns: one speaker per clip
+DIARIZERS = ("auto", "pyannote", "dvector", SINGLE_SPEAKER)
 DEFAULT_DIARIZER = "pyannote"  # what "auto" runs: the better on DER (bench/bench_diarize.py, README)
 WORD_MODES = ("auto", "align", "asr")
 
 
 @dataclass(frozen=True)
 class ClipParams:
+    """Every option of the clip pipeline, each with its one default: what the user chooses (preprocess has a flag
+    of the same name for each of the first group, and ``from_config`` takes them by name) and the stages'
+    tuned thresholds (no flags)."""
+
     diarizer: str = "auto"  # auto: DEFAULT_DIARIZER; pyannote; dvector: VAD + d-vectors + clustering; none: one speaker
-    words: str = "auto"  # auto: align when a transcript is known, else ASR
+    diarizer_model: str | None = None  # pyannote pipeline path or hub id; None: bundled segmentation-3.0 + CAM++
+    num_speakers: int | None = None  # None: automatic
+    words: str = "auto"  # auto: align when a transcript is known, else ASR (``words_mode``)
+    asr_model: str | None = None  # faster-whisper size or path; None: bundled tiny.en
+    features: str = DEFAULT_BACKEND
+    feature_model: str | None = None  # whisper features: a CTranslate2 whisper path; None: bundled tiny.en
     max_clip_seconds: float = 3 * 3600.0
-    num_speakers: int | None = None
+    gpu: bool = False  # models on the GPU (ASR, speaker embeddings, whisper features)
+
     vad: VadParams = field(default_factory=VadParams)
     level: LevelParams = field(default_factory=LevelParams)
     diarize: DiarizeParams = field(default_factory=DiarizeParams)
     word: WordParams = field(default_factory=WordParams)
     split: SplitParams = field(default_factory=SplitParams)
+
+    @classmethod
+    def from_config(cls, config) -> ClipParams:
+        """The options a job config holds, by name: a config field named as a ClipParams field is that option."""
+        names = {f.name for f in fields(config)}
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if f.name in names})
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpu else "cpu"
 
 
 @dataclass
@@ -64,10 +85,10 @@ class ClipResult:
 
 
 def words_mode(clip: Clip, params: ClipParams) -> str:
+    """Where a clip's words come from: ``align`` (a known transcript) or ``asr``. The one rule: workers load the
+    models it names, and ``process_clip`` runs it."""
     if params.words == "auto":
         return "align" if clip.text else "asr"
-    if params.words == "align" and not clip.text:
-        raise StageError("words", "--words align needs a transcript, and this clip has none")
     return params.words
 
 
@@ -81,6 +102,8 @@ def process_clip(data: bytes, clip: Clip, models: ClipModels, params: ClipParams
     turns = speaker_turns(heard, speech, models, params)
 
     mode = words_mode(clip, params)
+    if mode == "align" and not clip.text:
+        raise StageError("words", "--words align needs a transcript, and this clip has none")
     if mode == "align":
         try:
             words = align_words(heard, clip.text, models.aligner, params.word)
@@ -146,7 +169,7 @@ def speaker_turns(audio: np.ndarray, speech, models: ClipModels, params: ClipPar
     from dataclasses import replace
 
     name = diarizer_name(params)
-    if name == "none":
+    if name == SINGLE_SPEAKER:
         return diarize_single(speech)
     if name == "pyannote":
         return diarize_pyannote(audio, models.pyannote, PyannoteRun(num_speakers=params.num_speakers), speech)
@@ -178,7 +201,7 @@ def text_utterance(clip: Clip) -> Utterance:
         text=clip.text,
         words=words,
         words_source="text",
-        feature_set="none",
+        feature_set=NO_AUDIO,
         feature_dim=0,
         label=clip.label,
         extra=clip.extra,

@@ -178,7 +178,7 @@ def cluster_cpus() -> float:
 
 
 # Non-secret settings only. Credentials never go into a runtime_env: Ray writes its variables verbatim to
-# runtime_env_agent.log. Jobs hand actors a ready S3 filesystem object instead (tests/test_reliability_inputs.py).
+# runtime_env_agent.log. Jobs hand actors a ready S3 filesystem object instead (tests/reliability/test_bad_inputs.py).
 AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
 
 

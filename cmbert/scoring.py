@@ -5,8 +5,8 @@ utterances, length bucketing, one model pass over rows, and score rows in ``sche
 ``ScoreStage`` at the bottom is the callable class for ``Dataset.map_batches``: it loads the checkpoint
 once per actor and maps a batch of utterance rows to score rows.
 
-Audio-absent utterances (``feature_set == "none"``) and which checkpoint scores them:
-- a text-only checkpoint (``fusion == "none"``, or trained on text-only data: feature_set "none") scores any
+Audio-absent utterances (``feature_set == NO_AUDIO``) and which checkpoint scores them:
+- a text-only checkpoint (``fusion == TEXT_ONLY``, or trained on text-only data: feature_set NO_AUDIO) scores any
   utterance and never looks at its audio (word features are dropped before collation);
 - a CM-BERT checkpoint whose score cannot depend on audio (``cls_audio == "zero"`` with kernel-1, bias-free
   projections: the paper's model, see cmbert/model.py) scores them with zero audio: the score is what it
@@ -14,7 +14,11 @@ Audio-absent utterances (``feature_set == "none"``) and which checkpoint scores 
 - any other audio checkpoint scores them with zero audio only when its meta says it was trained to
   (``meta["missing_audio"] == "zeros"``); otherwise they are left unscored and counted as rejected, so a
   later run with a suitable checkpoint picks them up.
-Utterances with audio must have the checkpoint's feature set and dimension, or the run is refused.
+Utterances with audio must have the checkpoint's feature set and dimension, or the run is refused
+(``check_compatible``: the one rule, for score and evaluate alike; ``FeatureMismatch`` its one error).
+
+Between the two halves, what a score run plans from its input before any model loads (Parquet footers, the index
+columns as a Ray dataset, the ids already scored).
 """
 
 from __future__ import annotations
@@ -28,25 +32,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from cmbert import incremental, storage
 from cmbert.collate import length_buckets
+from cmbert.errors import FeatureMismatch
 from cmbert.faults import kill_point
-from schemas import SCORES_SCHEMA
+from cmbert.manifest import NO_AUDIO
+from cmbert.model import TEXT_ONLY
+from schemas import SCORE_RESULT_SCHEMA
 
 SCORE_MIN, SCORE_MAX = -3.0, 3.0
-NO_AUDIO = "none"  # feature_set of an utterance whose audio is absent
 PARTITION_COLUMNS = ("score_date", "model_version")
-
-# What a stage returns: a score row, or the same row with ``error`` set and no score (it is not written).
-RESULT_SCHEMA = pa.schema([f.with_nullable(True) for f in SCORES_SCHEMA] + [pa.field("error", pa.string())])
 # Utterance columns the scorer reads (``words`` carries the per-word audio features).
 INPUT_COLUMNS = ["utterance_id", "clip_id", "source", "extra", "speaker", "start", "end", "text", "words",
                  "audio_present", "feature_set", "feature_dim"]
 # Utterance columns copied into every score row as they are: where the scored words come from.
 CARRIED_COLUMNS = ("utterance_id", "clip_id", "source", "extra", "speaker", "start", "end", "text")
-
-
-class CheckpointMismatch(ValueError):
-    """The checkpoint cannot score these utterances (feature set or dimension differs)."""
 
 
 # ---------------------------------------------------------------- score -> labels
@@ -73,7 +73,7 @@ def label7(score: float) -> int:
 class ModelAudio:
     """What a checkpoint needs from an utterance's audio."""
 
-    feature_set: str  # "none" for a text-only model
+    feature_set: str  # NO_AUDIO for a text-only model
     feature_dim: int
     missing_audio: str = "refuse"  # "zeros": audio-absent rows are scored with zero audio
 
@@ -86,7 +86,7 @@ class ModelAudio:
         """From a checkpoint's meta and its CMBertConfig (None: judge by the meta alone)."""
         feature_set = str(meta.get("feature_set") or NO_AUDIO)
         feature_dim = int(meta.get("feature_dim") or 0)
-        if getattr(config, "fusion", None) == "none":
+        if getattr(config, "fusion", None) == TEXT_ONLY:
             feature_set, feature_dim = NO_AUDIO, 0
         missing = str(meta.get("missing_audio") or "refuse")
         if config is not None and audio_cannot_change_score(config):
@@ -102,10 +102,12 @@ def audio_cannot_change_score(config) -> bool:
             and getattr(config, "audio_kernel", 0) == 1 and getattr(config, "proj_bias", True) is False)
 
 
-def check_compatible(model: ModelAudio, feature_sets: Sequence[tuple[str, int]]) -> None:
-    """Refuse (one line) when the utterances' audio features differ from the checkpoint's.
+def check_compatible(model: ModelAudio, feature_sets: Sequence[tuple[str, int]], what: str = "the utterances"
+                     ) -> None:
+    """Refuse (``FeatureMismatch``, one line) when the utterances' audio features differ from the checkpoint's.
 
-    ``feature_sets`` are the distinct (feature_set, feature_dim) pairs of the utterances with audio.
+    ``feature_sets`` are the distinct (feature_set, feature_dim) pairs of the utterances with audio; ``what``
+    names them in the message. A text-only model accepts any (it never reads audio).
     """
     if model.text_only:
         return
@@ -113,8 +115,8 @@ def check_compatible(model: ModelAudio, feature_sets: Sequence[tuple[str, int]])
         if fs == NO_AUDIO:
             continue
         if fs != model.feature_set or int(dim) != model.feature_dim:
-            raise CheckpointMismatch(
-                f"checkpoint expects audio features {model.feature_set}/{model.feature_dim} but the utterances "
+            raise FeatureMismatch(
+                f"checkpoint expects audio features {model.feature_set}/{model.feature_dim} but {what} "
                 f"have {fs}/{dim}; preprocess with the checkpoint's feature set or score with a matching checkpoint"
             )
 
@@ -176,6 +178,70 @@ def plan_work(ids: Sequence[str], files: Sequence[str], audio_present: Sequence[
     todo_files = sorted(wanted)
     partial = {f: frozenset(wanted[f]) for f in todo_files if len(wanted[f]) < rows_per_file[f]}
     return WorkPlan(todo_files, partial, len(seen), skipped, sum(len(v) for v in wanted.values()), unscorable, reason)
+
+
+# ---------------------------------------------------------------- planning a run from its input (reads metadata)
+
+# The input's small columns a run plans with (the words are not read), and the plan's rows (with each row's file).
+INDEX_COLUMNS = ["utterance_id", "audio_present", "feature_set", "feature_dim"]
+INDEX_SCHEMA = pa.schema([("utterance_id", pa.string()), ("audio_present", pa.bool_()), ("feature_set", pa.string()),
+                          ("feature_dim", pa.int32()), ("path", pa.string())])
+
+
+def feature_sets(uri: str, files: list[str]) -> set[tuple[str, int]]:
+    """(feature set, dimension) of the input's utterances with audio, from each row group's column statistics
+    (one footer read per file); a row group that mixes values is read for those columns only."""
+    import pyarrow.parquet as pq
+
+    if not files:
+        raise storage.StorageError(f"cannot read {uri}: no such dataset")
+    fs = storage.locate(uri).fs
+    out: set[tuple[str, int]] = set()
+    try:
+        for path in files:
+            pf = pq.ParquetFile(path, filesystem=fs)
+            names = pf.schema_arrow.names
+            missing = [c for c in INDEX_COLUMNS if c not in names]
+            if missing:
+                raise storage.StorageError(f"cannot read {uri}: not an utterances dataset (no column {missing[0]!r})")
+            cols = {name: i for i, name in enumerate(names)}
+            for rg in range(pf.metadata.num_row_groups):
+                group = pf.metadata.row_group(rg)
+                stats = [group.column(cols[c]).statistics for c in ("feature_set", "feature_dim")]
+                if all(st is not None and st.has_min_max and st.min == st.max for st in stats):
+                    if stats[0].min != NO_AUDIO:
+                        out.add((stats[0].min, int(stats[1].min)))
+                    continue
+                t = pf.read_row_group(rg, columns=["audio_present", "feature_set", "feature_dim"])
+                t = t.filter(t.column("audio_present"))
+                out |= set(zip(t.column("feature_set").to_pylist(), t.column("feature_dim").to_pylist()))
+    except OSError as exc:
+        raise storage.explain(exc, uri, "read") from None
+    return out
+
+
+def index_dataset(uri: str, files: list[str]):
+    """The input's index columns and the file of each row, as a Ray dataset (the words are not read)."""
+    import ray
+
+    src = storage.locate(uri)
+    return ray.data.read_parquet(files, filesystem=src.fs, columns=INDEX_COLUMNS, include_paths=True,
+                                 partitioning=None, num_cpus=incremental.PLAN_CPUS,
+                                 override_num_blocks=min(len(files), 200))
+
+
+def done_keys(scores_uri: str, model_version: str):
+    """Utterance ids this model version has already scored (published files only), as a Ray dataset of
+    ``utterance_id`` (None when there are none)."""
+    segment = storage.partition_segment("model_version", model_version)
+    loc = storage.locate(scores_uri)
+    files = [f for f in storage.list_files(scores_uri) if f"/{segment}/" in f[len(loc.path):] + "/"]
+    if not files:
+        return None
+    import ray
+
+    return ray.data.read_parquet(files, filesystem=loc.fs, columns=["utterance_id"], partitioning=None,
+                                 num_cpus=incremental.PLAN_CPUS, override_num_blocks=min(len(files), 200))
 
 
 # ---------------------------------------------------------------- length bucketing and one model pass
@@ -254,7 +320,7 @@ class ScoreStamp:
 
 def score_records(rows: list[dict], scores: Sequence[float], errors: Sequence[str | None], stamp: ScoreStamp,
                   scored_at: dt.datetime) -> list[dict]:
-    """Rows in RESULT_SCHEMA form: SCORES_SCHEMA columns, plus ``error`` (score null) for failed rows.
+    """Rows in SCORE_RESULT_SCHEMA form: SCORES_SCHEMA columns, plus ``error`` (score null) for failed rows.
 
     Each row carries its utterance's ``source`` and manifest ``extra`` columns, so a score names its video."""
     out = []
@@ -288,44 +354,24 @@ def keep_rows(paths: Sequence[str] | None, ids: Sequence[str], partial: dict[str
 # ---------------------------------------------------------------- Ray Data wrapper
 
 
-def materialize_checkpoint(uri: str, fs=None, path: str | None = None, version: str = "") -> str:
-    """A local folder holding the checkpoint: ``uri`` itself when local, else a copy from ``fs``/``path``.
+def materialize_checkpoint(options: "StageOptions") -> str:
+    """A local folder holding the checkpoint: its own path when local, else a copy cached per URI and model version
+    (a URI such as ``.../current`` gets new weights over time) for the life of the machine.
 
-    ``fs`` is a pyarrow filesystem the driver resolved (it pickles with its endpoint and credentials), so
-    actors need no AWS environment of their own. Copies are cached per URI and model version (a URI such as
-    ``.../current`` gets new weights over time) for the life of the machine.
+    ``options.location`` carries the filesystem the driver resolved (it pickles with its endpoint and credentials),
+    so actors need no AWS environment of their own.
     """
-    import hashlib
-    import os
-    import tempfile
-
-    import pyarrow.fs as pafs
-
-    if fs is None or isinstance(fs, pafs.LocalFileSystem):
-        return path or uri
-    local = os.path.join(tempfile.gettempdir(), "cmbert-checkpoints",
-                         hashlib.sha256(f"{uri}|{version}".encode()).hexdigest()[:16])
-    done = os.path.join(local, ".complete")
-    if not os.path.exists(done):
-        tmp = f"{local}.{os.getpid()}.tmp"
-        os.makedirs(tmp, exist_ok=True)
-        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        open(os.path.join(tmp, ".complete"), "w").close()
-        try:
-            os.replace(tmp, local)  # atomic: a folder with .complete is always whole
-        except OSError:  # another actor on this machine finished first
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-    return local
+    if options.location is None:
+        return options.checkpoint
+    return storage.local_copy(options.location, f"{options.checkpoint}|{options.stamp.model_version}",
+                              under="cmbert-checkpoints")
 
 
 @dataclass(frozen=True)
 class StageOptions:
     checkpoint: str  # local folder or s3:// URI, as the user wrote it
     stamp: ScoreStamp
-    checkpoint_fs: object = None  # pyarrow filesystem of an s3:// checkpoint (None: local folder)
-    checkpoint_path: str | None = None  # "bucket/key" on checkpoint_fs
+    location: storage.Location | None = None  # where the checkpoint is, resolved by the driver (None: local)
     partial: dict[str, frozenset[str]] = field(default_factory=dict)
     device: str = "cpu"
     batch_size: int = 32
@@ -345,14 +391,13 @@ class ScoreStage:
         if options.device == "cpu":
             torch.set_num_threads(options.torch_threads)  # fractional-CPU actors: no oversubscription
         self.options = options
-        local = materialize_checkpoint(options.checkpoint, options.checkpoint_fs, options.checkpoint_path,
-                                       options.stamp.model_version)
+        local = materialize_checkpoint(options)
         lm = load_checkpoint(local)
-        if lm.meta["model_version"] != options.stamp.model_version:  # replaced since the driver planned the run
+        if lm.meta.model_version != options.stamp.model_version:  # replaced since the driver planned the run
             raise RuntimeError(f"checkpoint {options.checkpoint} changed during the run "
-                               f"({options.stamp.model_version} -> {lm.meta['model_version']}); run again")
+                               f"({options.stamp.model_version} -> {lm.meta.model_version}); run again")
         lm.model.to(options.device).eval()
-        self.audio = ModelAudio.from_meta(lm.meta, lm.config)
+        self.audio = ModelAudio.from_meta(lm.meta.to_dict(), lm.config)
         self.scorer = Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate,
                              options.device, options.batch_size, token_lengths, options.precision)
 
@@ -370,4 +415,4 @@ class ScoreStage:
         now = dt.datetime.now(dt.timezone.utc)
         kill_point("score")  # tests only: inert unless CMBERT_TEST_KILL is set (cmbert/faults.py)
         return pa.Table.from_pylist(score_records(rows, scores, errors, self.options.stamp, now),
-                                    schema=RESULT_SCHEMA)
+                                    schema=SCORE_RESULT_SCHEMA)

@@ -1,134 +1,122 @@
 """Thin Ray Data wrappers around the pure stage functions.
 
 ``ClipStage`` is a callable class for ``Dataset.map_batches`` with an actor pool: it loads each model
-once (lazily, so a text-only run never loads the audio models), reads a clip's bytes, names it by its
-content hash, skips it when an earlier run already did it, and runs ``cmbert.pipeline.process_clip``.
+once (lazily, so a text-only run never loads the audio models), reads a planned task's bytes, checks they are
+still those the plan named it by (``identify_tasks``), and runs ``cmbert.pipeline.process_clip``.
 A failure of one clip becomes a reject row; it never kills the job.
 """
 
 from __future__ import annotations
 
 import json
-import posixpath
 import traceback
-from dataclasses import dataclass
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cmbert.audio.features import DEFAULT_BACKEND
+from cmbert import storage
 from cmbert.faults import kill_point
-from cmbert.manifest import Clip, Reject, StageError, content_id, source_id, task_id, text_id
-from cmbert.pipeline import ClipModels, ClipParams, diarizer_name, process_clip, text_utterance
-from schemas import REJECTS_SCHEMA, UTTERANCES_SCHEMA
+from cmbert.manifest import Clip, ClipTask, Reject, StageError, content_id, source_id, task_id, text_id
+from cmbert.pipeline import ClipModels, ClipParams, diarizer_name, process_clip, text_utterance, words_mode
+from cmbert.storage import Location
+from schemas import CLIP_RESULT_SCHEMA, CLIP_TASK_SCHEMA, REJECTS_SCHEMA, UTTERANCES_SCHEMA
 
 # Rejects at this stage (a file that exists but could not be read: storage unreachable, access denied) are
-# not final: the next run tries the file again (jobs/preprocess.py done_tasks). All other rejects are final
+# not final: the next run tries the file again (``done_keys``). All other rejects are final
 # unless --retry-rejects.
 RETRIED_STAGE = "io"
-UTTERANCE_TYPE = pa.struct(list(UTTERANCES_SCHEMA))
-REJECT_TYPE = pa.struct(list(REJECTS_SCHEMA))
-RESULT_SCHEMA = pa.schema(
-    [
-        ("kind", pa.string()),  # utterance | reject | skipped
-        ("task_id", pa.string()),
-        ("audio_seconds", pa.float64()),  # decoded audio of the task, on its first row only
-        ("utterance", UTTERANCE_TYPE),
-        ("reject", REJECT_TYPE),
-    ]
-)
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    """Which models a worker loads; paths/ids are the user's, defaults are the bundled ones."""
+def done_keys(output: str, retry_rejects: bool = False):
+    """Task ids an earlier run finished, as a Ray dataset of ``task_id`` (None when there are none): those with
+    utterances, and (unless retried) those with a final reject row. A file that could not be read (stage ``io``:
+    storage down, access denied) is not final: it is tried again. The rejects table is a log of attempts: a
+    retried task that now succeeds keeps its old reject rows."""
+    from cmbert import incremental
 
-    features: str = DEFAULT_BACKEND
-    asr_model: str | None = None  # faster-whisper size or path; None = bundled tiny.en
-    feature_model: str | None = None  # whisper features: CTranslate2 whisper path; None = bundled tiny.en
-    diarizer_model: str | None = None  # pyannote pipeline path or hub id; None = bundled segmentation-3.0 + CAM++
-    device: str = "cpu"
+    def final(t: pa.Table):
+        return pc.not_equal(t.column("stage"), RETRIED_STAGE)
+
+    final.columns = ("stage",)
+    parts = [incremental.read_keys(f"{output}/utterances", "task_id", UTTERANCES_SCHEMA)]
+    if not retry_rejects:
+        parts.append(incremental.read_keys(f"{output}/rejects", "task_id", REJECTS_SCHEMA, keep=final))
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 class ClipStage:
-    def __init__(self, input_uri: str | None, params: ClipParams, models: ModelChoice, run_id: str, created_at,
-                 torch_threads: int = 1, input_fs=None):
-        """``input_fs``: the input's pyarrow filesystem as the driver resolved it. It pickles with its endpoint
-        and credentials, so actors need no AWS environment (a Ray runtime_env's env_vars end up in Ray's logs)."""
+    def __init__(self, input: str | Location | None, params: ClipParams, run_id: str, created_at,
+                 torch_threads: int = 1):
+        """``input``: the input root, best as the Location the driver resolved: it pickles with its filesystem
+        (an S3 one with its endpoint and credentials), so actors need no AWS environment (a Ray runtime_env's
+        env_vars end up in Ray's logs)."""
         import torch
 
         torch.set_num_threads(torch_threads)  # one actor per core: no oversubscription
         self.torch_threads = torch_threads
-        self.input_uri = input_uri
-        self.input_fs = input_fs
+        self.input = input
         self.params = params
-        self.choice = models
         self.run_id = run_id
         self.created_at = created_at
         self._models: ClipModels | None = None
-        self._fs = None
-        self._data = None
 
     # ------------------------------------------------------------ models, loaded once per actor
     def models(self, need_asr: bool, need_aligner: bool) -> ClipModels:
         from cmbert.audio import diarize, features, vad, words
 
+        p = self.params
         if self._models is None:
             self._models = ClipModels(vad=vad.load_vad(), features=features.load_features(
-                self.choice.features, model_path=self.choice.feature_model, device=self.choice.device,
-                cpu_threads=self.torch_threads))
-            diarizer = diarizer_name(self.params)
+                p.features, model_path=p.feature_model, device=p.device, cpu_threads=self.torch_threads))
+            diarizer = diarizer_name(p)
             if diarizer == "dvector":
-                self._models.speaker_encoder = diarize.load_speaker_encoder(device=self.choice.device)
+                self._models.speaker_encoder = diarize.load_speaker_encoder(device=p.device)
             elif diarizer == "pyannote":  # None: the bundled offline pipeline
-                self._models.pyannote = diarize.load_pyannote(self.choice.diarizer_model, device=self.choice.device)
+                self._models.pyannote = diarize.load_pyannote(p.diarizer_model, device=p.device)
         if need_aligner and self._models.aligner is None:
             self._models.aligner = words.load_aligner()
         if need_asr and self._models.asr is None:
             shared = getattr(self._models.features, "whisper", None)  # the whisper features backend's model
-            if shared is not None and self.choice.asr_model == self.choice.feature_model:
+            if shared is not None and p.asr_model == p.feature_model:
                 self._models.asr = shared  # one whisper per actor for words and features (same model, same threads)
             else:
-                cpu = self.choice.device == "cpu"
+                cpu = p.device == "cpu"
                 # The actor's thread count, not CTranslate2's default of 4: two actors on two cores would run
                 # eight threads and slow each other down.
-                self._models.asr = words.load_asr(self.choice.asr_model, device=self.choice.device,
+                self._models.asr = words.load_asr(p.asr_model, device=p.device,
                                                   compute_type="int8" if cpu else "float16",
                                                   cpu_threads=self.torch_threads if cpu else 0)
         return self._models
 
-    def read_bytes(self, rel: str) -> bytes:
-        if self._fs is None:
-            self._fs, self._root = input_root(self.input_uri, self.input_fs)
-        with self._fs.open_input_file(posixpath.join(self._root, rel)) as f:
-            return f.read()
-
     # ------------------------------------------------------------ one batch of tasks
-    def __call__(self, batch: dict) -> pa.Table:
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Rows of ``CLIP_TASK_SCHEMA`` -> rows of ``CLIP_RESULT_SCHEMA``."""
         rows = []
-        for i in range(len(batch["source"])):
-            task = {k: batch[k][i] for k in batch}
-            rows.extend(self.run_task(task))
-        return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+        for row in batch.to_pylist():
+            rows.extend(self.run_task(ClipTask.from_row(row)))
+        return pa.Table.from_pylist(rows, schema=CLIP_RESULT_SCHEMA)
 
-    def run_task(self, task: dict) -> list[dict]:
+    def run_task(self, task: ClipTask) -> list[dict]:
         """One planned task (``identify_tasks`` named it) -> its utterance rows, or one reject row."""
-        if task["kind"] == "reject":
-            return [self.reject_row(Reject(task["task_id"], task["clip_id"], task["source"], task["stage"],
-                                           task["reason"]))]
-        clip = self.make_clip(task)
+        if task.kind == "reject":
+            return [self.reject_row(task.reject())]
+        clip, data = make_clip(task, self.input)
         if isinstance(clip, Reject):
             return [self.reject_row(clip)]
-        if clip.task_id != task["task_id"]:  # the file's bytes changed since the run named it: try again next run
-            return [self.reject_row(Reject(task["task_id"], task["clip_id"], task["source"], RETRIED_STAGE,
+        if clip.task_id != task.task_id:  # the file's bytes changed since the run named it: try again next run
+            return [self.reject_row(Reject(task.task_id, task.clip_id, task.source, RETRIED_STAGE,
                                            "file changed during the run"))]
         try:
-            if task["kind"] == "text":
+            if task.kind == "text":
                 utterances, seconds = [text_utterance(clip)], 0.0
             else:
-                mode_needs_asr = self.params.words == "asr" or (self.params.words == "auto" and not clip.text)
-                models = self.models(need_asr=mode_needs_asr, need_aligner=not mode_needs_asr)
-                result = process_clip(self._data, clip, models, self.params)
+                mode = words_mode(clip, self.params)
+                models = self.models(need_asr=mode == "asr", need_aligner=mode == "align")
+                result = process_clip(data, clip, models, self.params)
                 utterances, seconds = result.utterances, result.audio_seconds
         except StageError as exc:
             return [self.reject_row(Reject(clip.task_id, clip.clip_id, clip.source, exc.stage, exc.reason))]
@@ -136,8 +124,6 @@ class ClipStage:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
             traceback.print_exc()
             return [self.reject_row(Reject(clip.task_id, clip.clip_id, clip.source, "internal", reason))]
-        finally:
-            self._data = None
         if not utterances:
             return [self.reject_row(Reject(clip.task_id, clip.clip_id, clip.source, "utterances", "no utterances"))]
         out = []
@@ -146,74 +132,55 @@ class ClipStage:
                         "utterance": utt.to_row(self.run_id, self.created_at)})
         return out
 
-    def make_clip(self, task: dict) -> Clip | Reject:
-        self._data = None
-        return make_clip(task, self.read_bytes, self.input_uri, self)
-
     def reject_row(self, reject: Reject) -> dict:
         return {"kind": "reject", "task_id": reject.task_id, "audio_seconds": 0.0,
                 "reject": reject.to_row(self.run_id, self.created_at)}
 
 
-def input_root(input_uri: str | None, input_fs=None):
-    from cmbert.storage import locate
-
-    loc = locate(input_uri)
-    return input_fs or loc.fs, loc.path
-
-
-def make_clip(task: dict, read_bytes, input_uri: str | None, holder=None) -> Clip | Reject:
-    """The task's Clip, named by its content hash (media: reads the bytes; ``holder._data`` keeps them), or a
+def make_clip(task: ClipTask, input: str | Location | None) -> tuple[Clip | Reject, bytes | None]:
+    """The task's Clip named by its content, with the media bytes it was named by (None for a text row); or a
     Reject when the file cannot be read."""
-    extra = tuple(tuple(p) for p in json.loads(task["extra"]))
-    label = None if task["label"] is None or task["label"] != task["label"] else float(task["label"])
-    start = _opt_float(task["start"])
-    end = _opt_float(task["end"])
-    row = task.get("row") or None  # the annotated manifest row's key: one utterance
-    if task["kind"] == "text":
-        cid = text_id(task["text"])
-        return Clip(cid, task["source"], task["text"], label, None, None, extra, row)
+    if task.kind == "text":
+        return task.clip(text_id(task.text)), None
     try:
-        data = read_bytes(task["source"])
+        data = storage.read_bytes(storage.locate(input).join(task.source))
     except FileNotFoundError:
-        sid = source_id(task["source"])
-        return Reject(task_id(sid, start, end, row), sid, task["source"], "read", "file does not exist")
-    except OSError as exc:  # storage trouble (S3 down, network, permissions): the next run tries again
-        from cmbert.storage import explain
-
-        sid = source_id(task["source"])
-        reason = str(explain(exc, f"{input_uri.rstrip('/')}/{task['source']}", "read"))
-        return Reject(task_id(sid, start, end, row), sid, task["source"], RETRIED_STAGE, reason[:300])
-    if holder is not None:
-        holder._data = data
-    cid = content_id(data)
-    return Clip(cid, task["source"], task["text"] or None, label, start, end, extra, row)
+        sid = source_id(task.source)
+        return Reject(task_id(sid, task.start, task.end, task.row), sid, task.source, "read",
+                      "file does not exist"), None
+    except storage.StorageError as exc:  # storage trouble (S3 down, network, permissions): the next run tries again
+        sid = source_id(task.source)
+        return Reject(task_id(sid, task.start, task.end, task.row), sid, task.source, RETRIED_STAGE,
+                      str(exc)[:300]), None
+    return task.clip(content_id(data)), data
 
 
-def identify_tasks(batch: pa.Table, input_uri: str | None, input_fs=None) -> pa.Table:
+def identify_tasks(batch: pa.Table, input: str | Location | None) -> pa.Table:
     """Name every task of a batch by its content (``task_id``, ``clip_id``): what the skip-set is keyed on.
 
     Runs in Ray tasks (no models). A media file is read once here to hash it, and again by the worker that
-    processes it; a file that cannot be read becomes a planned reject."""
-    fs = root = None
+    processes it; a file that cannot be read becomes a planned reject. Hashing in the worker instead would save
+    only new clips' second read (a done clip is read here either way: its id is its hash) and would lose the
+    group by on the id that skips done work and keeps one of two same-content files per run, distributed."""
     out = []
-    for task in batch.to_pylist():
-        if task["kind"] != "reject":
-            if task["kind"] == "media" and fs is None:
-                fs, root = input_root(input_uri, input_fs)
-
-            def read(rel):
-                with fs.open_input_file(posixpath.join(root, rel)) as f:
-                    return f.read()
-
-            clip = make_clip(task, read, input_uri)
+    for task in map(ClipTask.from_row, batch.to_pylist()):
+        if task.kind != "reject":
+            clip, _ = make_clip(task, input)
             if isinstance(clip, Reject):
-                task |= {"kind": "reject", "task_id": clip.task_id, "clip_id": clip.clip_id, "stage": clip.stage,
-                         "reason": clip.reason}
+                task = replace(task, kind="reject", task_id=clip.task_id, clip_id=clip.clip_id, stage=clip.stage,
+                               reason=clip.reason)
             else:
-                task |= {"task_id": clip.task_id, "clip_id": clip.clip_id}
-        out.append(task)
-    return pa.Table.from_pylist(out, schema=TASK_SCHEMA)
+                task = replace(task, task_id=clip.task_id, clip_id=clip.clip_id)
+        out.append(task.to_row())
+    return pa.Table.from_pylist(out, schema=CLIP_TASK_SCHEMA)
+
+
+def task_table(tasks: list[ClipTask], rejects: list[Reject] = ()) -> pa.Table:
+    """The plan as one ``CLIP_TASK_SCHEMA`` table: the planned tasks, then the rejects planning found (they go
+    through the same skip-set and writers as every other task), each with its position (``order``)."""
+    planned = [*tasks, *map(ClipTask.of_reject, rejects)]
+    return pa.Table.from_pylist([replace(t, order=i).to_row() for i, t in enumerate(planned)],
+                                schema=CLIP_TASK_SCHEMA)
 
 
 class ClipWriter:
@@ -227,7 +194,7 @@ class ClipWriter:
         from cmbert.incremental import DONE, manifest_row, manifest_table
 
         todo = batch.drop_columns([DONE]) if DONE in batch.column_names else batch
-        result = self.stage(todo.to_pydict()) if todo.num_rows else RESULT_SCHEMA.empty_table()
+        result = self.stage(todo) if todo.num_rows else CLIP_RESULT_SCHEMA.empty_table()
         kinds = result.column("kind")
         keys = todo.column("task_id").to_pylist()
         manifests = []
@@ -241,13 +208,6 @@ class ClipWriter:
                                       audio_seconds=float(pc.sum(result.column("audio_seconds")).as_py() or 0.0)))
         kill_point("preprocess")  # tests only: inert unless CMBERT_TEST_KILL is set (cmbert/faults.py)
         return manifest_table(manifests)
-
-
-def _opt_float(value) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return None if value != value else value
 
 
 class ScoreWriter:
@@ -265,8 +225,6 @@ class ScoreWriter:
         self.rows_per_pass, self.flush_rows = rows_per_pass, max(1, flush_rows)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow.dataset as pads
-
         from cmbert.incremental import manifest_row, manifest_table
         from cmbert.scoring import INPUT_COLUMNS, PARTITION_COLUMNS, scorable
 
@@ -274,8 +232,8 @@ class ScoreWriter:
         paths = batch.column("path").to_pylist()
         for path, ids in zip(paths, batch.column("ids").to_pylist()):
             if ids:
-                ds = pads.dataset(path, filesystem=self.input_fs, format="parquet")
-                parts.append(ds.to_table(columns=INPUT_COLUMNS, filter=pc.field("utterance_id").isin(ids)))
+                parts.append(storage.read_file(storage.Location(self.input_fs, path, path), columns=INPUT_COLUMNS,
+                                               filter=pc.field("utterance_id").isin(ids)))
         rows = pa.concat_tables(parts, promote_options="permissive") if parts else None
         n = 0 if rows is None else rows.num_rows
         reasons: dict[str, int] = {}
@@ -306,48 +264,3 @@ class ScoreWriter:
                                       rejected=sum(reasons.values()), excluded=excluded,
                                       reasons=json.dumps(reasons, sort_keys=True)))
         return manifest_table(manifests)
-
-
-TASK_SCHEMA = pa.schema([
-    ("order", pa.int64()),  # position in the plan: of two tasks with one id, the first is kept
-    ("kind", pa.string()),  # media | text | reject (found by planning or identify_tasks)
-    ("source", pa.string()),
-    ("text", pa.string()),
-    ("label", pa.float64()),  # NaN: none
-    ("start", pa.float64()),
-    ("end", pa.float64()),
-    ("extra", pa.string()),  # JSON list of [column, value]
-    ("row", pa.string()),  # the annotated manifest row's key ("" when none)
-    ("task_id", pa.string()),  # set by identify_tasks (media) or planning (text, reject)
-    ("clip_id", pa.string()),
-    ("stage", pa.string()),  # rejects only
-    ("reason", pa.string()),
-])
-
-
-def tasks_for_ray(tasks: list[dict], rejects: list[Reject] = ()) -> list[dict]:
-    """Uniform rows of ``TASK_SCHEMA`` for ``ray.data.from_items``: the planned tasks, then the rejects planning
-    found (they go through the same skip-set and writers as every other task)."""
-    nan = float("nan")
-    rows = [
-        {
-            "order": i,
-            "kind": t["kind"],
-            "source": t["source"],
-            "text": t["text"] or "",
-            "label": nan if t["label"] is None else float(t["label"]),
-            "start": nan if t["start"] is None else float(t["start"]),
-            "end": nan if t["end"] is None else float(t["end"]),
-            "extra": json.dumps([list(p) for p in t["extra"]]),
-            "row": t.get("row") or "",
-            "task_id": task_id(text_id(t["text"]), row=t.get("row") or None) if t["kind"] == "text" else None,
-            "clip_id": text_id(t["text"]) if t["kind"] == "text" else None,
-            "stage": None, "reason": None,
-        }
-        for i, t in enumerate(tasks)
-    ]
-    for r in rejects:
-        rows.append({"order": len(rows), "kind": "reject", "source": r.source, "text": "", "label": nan,
-                     "start": nan, "end": nan, "extra": "[]", "row": "", "task_id": r.task_id, "clip_id": r.clip_id,
-                     "stage": r.stage, "reason": r.reason})
-    return rows

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 
 try:
-    import cmbert  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from jobs import _wiring
+except ImportError:  # python jobs/demo.py: jobs/ is on sys.path, the repo root may not be
+    import _wiring
 
-from cmbert.cli import parse_config
+from cmbert import query
+from cmbert.errors import UserError
 from cmbert.runinfo import REPO_ROOT
+from jobs import evaluate, preprocess, score, train
 
 CORPUS = os.path.join(REPO_ROOT, "tests", "fixtures", "corpus")
 
@@ -36,54 +37,43 @@ class DemoConfig:
     encoder: str | None = field(default=None, metadata={"help": "encoder for the training step (default: train's)"})
 
 
-def step(title: str, job_main, argv: list[str]) -> None:
+class StepFailed(UserError):
+    """A step exited non-zero; its own error is on stderr above."""
+
+
+def step(title: str, job, argv: list[str]) -> None:
     print(f"\n=== {title}: {' '.join(argv)}", flush=True)
-    code = job_main(argv)  # train/evaluate return their summary dict; the others an exit code
-    if isinstance(code, int) and code != 0:
-        raise SystemExit(f"demo: {title} failed with exit code {code}")
+    code = job.main(argv)
+    if code != 0:
+        raise StepFailed(f"{title} failed with exit code {code}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(DemoConfig, argv)
+def run(cfg: DemoConfig) -> None:
     out = os.path.abspath(cfg.output)
     if cfg.fresh and os.path.isdir(out):
         shutil.rmtree(out)
     data = f"{out}/data"
     ckpt = f"{out}/checkpoint"
     scores = f"{out}/scored"
-
-    import preprocess
-
-    step("preprocess", preprocess.main,
-         ["--input", CORPUS, "--manifest", f"{CORPUS}/manifest.csv", "--output", data])
-    outputs = [("utterances", f"{data}/utterances"), ("rejects", f"{data}/rejects")]
-    try:
-        import evaluate
-        import score
-        import train
-    except ImportError as exc:
-        print(f"\n(demo: later stages not available yet: {exc})")
-    else:
-        step("train", train.main, ["--train", f"{data}/utterances", "--dev", f"{data}/utterances",
-                                   "--output", ckpt, "--epochs", str(cfg.epochs), "--seeds", "1",
-                                   "--workers", "1"] + (["--encoder", cfg.encoder] if cfg.encoder else []))
-        step("evaluate", evaluate.main, ["--checkpoint", ckpt, "--data", f"{data}/utterances",
-                                         "--output", f"{out}/metrics.json", "--heatmaps", f"{out}/heatmaps"])
-        step("score", score.main, ["--checkpoint", ckpt, "--input", f"{data}/utterances", "--output", scores])
-        from cmbert import query
-
-        step("query", query.main, ["--scores", f"{scores}/scores", "--plot", f"{out}/trend.png"])
-        outputs += [("checkpoint", ckpt), ("metrics", f"{out}/metrics.json"), ("heatmaps", f"{out}/heatmaps"),
-                    ("scores", f"{scores}/scores"), ("trend plot", f"{out}/trend.png")]
+    step("preprocess", preprocess, ["--input", CORPUS, "--manifest", f"{CORPUS}/manifest.csv", "--output", data])
+    step("train", train, ["--train", f"{data}/utterances", "--dev", f"{data}/utterances", "--output", ckpt,
+                          "--epochs", str(cfg.epochs), "--seeds", "1", "--workers", "1"]
+         + (["--encoder", cfg.encoder] if cfg.encoder else []))
+    step("evaluate", evaluate, ["--checkpoint", ckpt, "--data", f"{data}/utterances",
+                                "--output", f"{out}/metrics.json", "--heatmaps", f"{out}/heatmaps"])
+    step("score", score, ["--checkpoint", ckpt, "--input", f"{data}/utterances", "--output", scores])
+    step("query", query, ["--scores", f"{scores}/scores", "--plot", f"{out}/trend.png"])
+    outputs = [("utterances", f"{data}/utterances"), ("rejects", f"{data}/rejects"), ("checkpoint", ckpt),
+               ("metrics", f"{out}/metrics.json"), ("heatmaps", f"{out}/heatmaps"),
+               ("scores", f"{scores}/scores"), ("trend plot", f"{out}/trend.png")]
     print("\n=== demo outputs")
     for name, path in outputs:
         print(f"  {name:<11} {path}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _wiring.run_job("demo", DemoConfig, run, argv=argv)
 
 
 if __name__ == "__main__":
-    from cmbert.console import quiet_console
-
-    quiet_console()
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    sys.exit(main())
+    _wiring.exit_with(main)

@@ -10,25 +10,22 @@ data's majority-class rate (what always predicting the larger class scores), pri
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from dataclasses import asdict, dataclass, field
 
 try:
-    import cmbert  # noqa: F401
-except ImportError:  # run from a Ray working dir without the package installed
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from jobs import _wiring
+except ImportError:  # python jobs/evaluate.py: jobs/ is on sys.path, the repo root may not be
+    import _wiring
 
 import numpy as np
 import torch
 
 from cmbert import storage
 from cmbert.checkpoint import load_checkpoint, read_meta, seed_checkpoints
-from cmbert.cli import parse_config
 from cmbert.collate import predict_rows, read_utterances
 from cmbert.metrics import aggregate, json_safe, majority_rates, regression_metrics
 from cmbert.runinfo import code_version
+from cmbert.scoring import ModelAudio, check_compatible, without_audio
 
 
 @dataclass
@@ -45,49 +42,41 @@ class EvaluateConfig:
     gpu: bool = field(default=False, metadata={"help": "run on cuda:0"})
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(EvaluateConfig, argv)
-    return run(cfg)
-
-
 def run(cfg: EvaluateConfig) -> dict:
+    """Metrics per seed (and mean ± std over seeds), written to ``cfg.output``; the result."""
     device = "cuda:0" if cfg.gpu and torch.cuda.is_available() else "cpu"
     rows = read_rows(cfg.data, cfg.label_column)
     labels = np.array([r["label"] for r in rows], dtype=np.float64)
     top_meta = read_meta(cfg.checkpoint)
-    uris = seed_checkpoints(cfg.checkpoint)
-    best_name = top_meta.get("best")
     per_seed, heatmap_files = [], []
-    for uri in uris:
+    for uri in seed_checkpoints(cfg.checkpoint):
         lm = load_checkpoint(uri, device=device)
-        _check_features(lm.meta, rows, cfg.data)
-        is_best = best_name is None or uri.rstrip("/").endswith("/" + best_name)
+        audio = ModelAudio.from_meta(lm.meta.to_dict(), lm.config)
+        check_compatible(audio, {(r["feature_set"], r["feature_dim"]) for r in rows if r["audio_present"]},
+                         f"the utterances in {cfg.data}")  # the one rule, as scoring's
+        is_best = top_meta.best is None or uri.rstrip("/").endswith("/" + top_meta.best)
         draw = range(min(cfg.heatmap_count, len(rows))) if (cfg.heatmaps and is_best) else ()
-        scores, attention = predict_rows(lm.model, lm.tokenizer, rows, lm.config.max_len, lm.config.audio_dim,
+        seen = [without_audio(r) for r in rows] if audio.text_only else rows  # as scoring does
+        scores, attention = predict_rows(lm.model, lm.tokenizer, seen, lm.config.max_len, lm.config.audio_dim,
                                          batch_size=cfg.batch_size, device=device, keep_attention=draw)
-        per_seed.append({"checkpoint": uri, "seed": lm.meta.get("seed"), "model_version": lm.meta["model_version"],
+        per_seed.append({"checkpoint": uri, "seed": lm.meta.seed, "model_version": lm.meta.model_version,
                          "metrics": regression_metrics(scores, labels)})
         if attention:
             from cmbert.heatmaps import write_attention_heatmaps
 
             heatmap_files = write_attention_heatmaps(lm.tokenizer, attention, rows, scores, cfg.heatmaps)
-    result = {"data": cfg.data, "checkpoint": cfg.checkpoint, "model_id": top_meta.get("model_id"),
+    result = {"data": cfg.data, "checkpoint": cfg.checkpoint, "model_id": top_meta.model_id,
               "n_rows": len(rows), "majority": majority_rates(labels), "per_seed": per_seed,
               "mean_std": aggregate([s["metrics"] for s in per_seed]), "heatmaps": heatmap_files,
               "code_version": code_version(), "config": asdict(cfg)}
-    loc = storage.locate(cfg.output)
-    try:
-        parent = os.path.dirname(loc.path)
-        if parent:
-            loc.fs.create_dir(parent, recursive=True)
-        with loc.fs.open_output_stream(loc.path) as f:
-            f.write(json.dumps(json_safe(result), indent=2, sort_keys=True).encode())
-    except OSError as exc:
-        raise storage.explain(exc, cfg.output, "write") from None
+    storage.write_json(cfg.output, json_safe(result))
+    return result
+
+
+def report(cfg: EvaluateConfig, result: dict) -> None:
     for k, v in result["mean_std"].items():
         floor = f"  (majority class {result['majority'][k]:.4f})" if k in result["majority"] else ""
         print(f"{k}: {v['mean']:.4f} ± {v['std']:.4f} over {v['n']} seed(s){floor}")
-    return result
 
 
 def read_rows(uri: str, label_column: str) -> list[dict]:
@@ -96,15 +85,9 @@ def read_rows(uri: str, label_column: str) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda r: r["utterance_id"])
 
 
-def _check_features(meta: dict, rows: list[dict], uri: str) -> None:
-    sets = {(r["feature_set"], r["feature_dim"]) for r in rows if r.get("audio_present")}
-    want = (meta.get("feature_set"), meta.get("feature_dim"))
-    if sets and sets != {want}:
-        raise SystemExit(f"{uri} has audio features {sorted(sets)}, the checkpoint was trained on {want}")
+def main(argv: list[str] | None = None) -> int:
+    return _wiring.run_job("evaluate", EvaluateConfig, run, report, argv)
 
 
 if __name__ == "__main__":
-    from cmbert.console import quiet_console
-
-    quiet_console()
-    main()
+    _wiring.exit_with(main)

@@ -51,7 +51,7 @@ UTTERANCES_SCHEMA = _versioned(
         pa.field("words", pa.list_(WORD_TYPE), nullable=False),
         pa.field("words_source", pa.string(), nullable=False),  # align | asr | text | spread (alignment failed: words laid over the speech)
         pa.field("audio_present", pa.bool_(), nullable=False),
-        pa.field("feature_set", pa.string(), nullable=False),  # e.g. egemaps_v02_lld, or "none"
+        pa.field("feature_set", pa.string(), nullable=False),  # e.g. egemaps_v02_lld, or "none" (manifest.NO_AUDIO)
         pa.field("feature_dim", pa.int32(), nullable=False),
         pa.field("extra", pa.map_(pa.string(), pa.string())),  # other manifest columns, carried through as text
         pa.field("run_id", pa.string(), nullable=False),
@@ -70,6 +70,40 @@ REJECTS_SCHEMA = _versioned(
         pa.field("reason", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("created_at", UTC_TIME, nullable=False),
+    ],
+)
+
+# Between preprocess's Ray stages (never written to the output): a planned task (``cmbert.manifest.ClipTask``),
+# and what a worker makes of it. Nullable where the value can be absent, so values arrive as they left.
+CLIP_TASK_SCHEMA = _versioned(
+    "clip_tasks",
+    "1",
+    [
+        pa.field("kind", pa.string(), nullable=False),  # media | text | reject
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("label", pa.float64()),
+        pa.field("start", pa.float64()),
+        pa.field("end", pa.float64()),
+        pa.field("extra", pa.map_(pa.string(), pa.string())),  # in manifest order
+        pa.field("row", pa.string()),  # the annotated manifest row's key
+        pa.field("task_id", pa.string()),  # null until named (media: by cmbert.stages.identify_tasks)
+        pa.field("clip_id", pa.string()),
+        pa.field("stage", pa.string()),  # rejects only
+        pa.field("reason", pa.string()),
+        pa.field("order", pa.int64(), nullable=False),  # position in the plan: of two tasks with one id, the first
+    ],
+)
+
+CLIP_RESULT_SCHEMA = _versioned(
+    "clip_results",
+    "1",
+    [
+        pa.field("kind", pa.string(), nullable=False),  # utterance | reject
+        pa.field("task_id", pa.string(), nullable=False),
+        pa.field("audio_seconds", pa.float64(), nullable=False),  # decoded audio of the task, on its first row only
+        pa.field("utterance", pa.struct(list(UTTERANCES_SCHEMA))),
+        pa.field("reject", pa.struct(list(REJECTS_SCHEMA))),
     ],
 )
 
@@ -98,6 +132,15 @@ SCORES_SCHEMA = _versioned(
         pa.field("scored_at", UTC_TIME, nullable=False),
         pa.field("score_date", pa.string(), nullable=False),  # YYYY-MM-DD, the partition key
     ],
+)
+
+# What the score stage returns for each utterance (intermediate, never written as is): a SCORES_SCHEMA row, or the
+# same row with ``error`` set and no score (not written; counted as rejected with its reason). Follows
+# SCORES_SCHEMA's columns and version.
+SCORE_RESULT_SCHEMA = _versioned(
+    "score_result",
+    SCORES_SCHEMA.metadata[b"cmbert.schema_version"].decode(),
+    [f.with_nullable(True) for f in SCORES_SCHEMA] + [pa.field("error", pa.string())],
 )
 
 RUNS_SCHEMA = _versioned(

@@ -38,7 +38,7 @@ class Turn:
 @dataclass(frozen=True)
 class DiarizeParams:
     # Cosine distance at which agglomerative clustering stops merging (average linkage). Tuned on
-    # the real two-speaker call in ../shared/data/call-2spk; see tests/test_audio_diarize.py.
+    # the real two-speaker call in ../shared/data/call-2spk; see tests/unit/test_audio_diarize.py.
     threshold: float = 0.31  # works on the call for 0.30-0.32 only: set num_speakers when it is known
     num_speakers: int | None = None  # fixes the count instead of the threshold
     max_speakers: int = 8

@@ -16,7 +16,6 @@ off (``PYANNOTE_METRICS_ENABLED=0``) and the hub is offline (``HF_HUB_OFFLINE=1`
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -91,12 +90,11 @@ def weights_path(weights: WeightsFile, root: Path | None = None) -> Path:
     path = (root or weights_root()) / weights.relpath
     if not path.is_file():
         raise WeightsError(f"bundled weights missing: {path}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != weights.sha256:
-        raise WeightsError(f"bundled weights {path} have sha256 {digest.hexdigest()[:16]}..., expected "
+    from cmbert import storage
+
+    digest, _ = storage.sha256(str(path))
+    if digest != weights.sha256:
+        raise WeightsError(f"bundled weights {path} have sha256 {digest[:16]}..., expected "
                            f"{weights.sha256[:16]}...: a corrupted or different file; reinstall {WEIGHTS_PACKAGE}")
     return path
 

@@ -1,0 +1,254 @@
+"""Training CM-BERT: the loop's config, what the loop needs from Ray Train, the loop itself, data statistics.
+
+Read top to bottom: ``TrainLoopConfig`` (one seed's run, as the job builds it and Ray ships it to every worker),
+the ``Session`` protocol (rank, rows, device, DDP, checkpoints, reports: ``RaySession`` under Ray Train, a local
+stand-in in tests and benches), ``train_func`` (forward, MSE loss, backward, Adam step, written out), then the
+audio statistics and names the job derives from the data. No argparse and no Ray at import time: jobs/train.py
+is the wiring. Under ``ray job submit --working-dir .`` the workers import this module from the working dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import ContextManager, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+
+from cmbert import storage
+from cmbert.checkpoint import CheckpointMeta, load_train_state, save_checkpoint, save_train_state
+from cmbert.collate import UtteranceInput, collate, predict_rows
+from cmbert.encoders import MINILM, MPNET
+from cmbert.metrics import json_safe, regression_metrics
+from cmbert.model import CMBertConfig, build_model, load_tokenizer
+
+NO_AUDIO = "none"  # feature_set of text-only data
+
+
+@dataclass
+class TrainLoopConfig:
+    """One seed's training run: the model to build and the loop's options (defaults: the shipped ones, which
+    jobs/train.py's flags take from here), plus what each checkpoint's meta.json records."""
+
+    model: CMBertConfig = field(default_factory=CMBertConfig)  # audio_dim, max_len and audio statistics set
+    seed: int = 1
+    epochs: int = 3  # paper: 3
+    batch_size: int = 24  # global (paper: 24), split across workers
+    lr: float = 2e-5  # Adam, encoder and head
+    fusion_lr: float = 1e-3  # Adam, masked multimodal attention (paper: 0.01, which diverges here: see README)
+    head_lr: float | None = None  # None: lr (the paper's BERT rate)
+    precision: str = "fp32"  # fp32 | bf16 (autocast forward and loss)
+    threads: int = 1  # torch threads per worker
+    feature_set: str = NO_AUDIO
+    feature_dim: int = 0
+    missing_audio: str = "refuse"  # "zeros": the training set had audio-absent rows, trained on as zero audio
+    model_id: str = "cmbert"
+    run_id: str = ""
+    code_version: str = ""
+    train_config: dict = field(default_factory=dict)  # the job's resolved options, recorded in meta.json
+
+    def to_dict(self) -> dict:
+        """What Ray Train hands to ``train_func`` on each worker."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainLoopConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        return cls(**values | {"model": CMBertConfig.from_dict(values.get("model", {}))})
+
+
+# ---------------------------------------------------------------- what train_func needs from Ray
+
+
+class Session(Protocol):
+    """train_func's view of the cluster: RaySession under Ray Train; tests and benches pass a local stand-in."""
+
+    rank: int
+    world_size: int
+
+    def rows(self, name: str) -> list[dict]: ...  # every row of dataset ``name`` ("train", "dev")
+
+    def device(self) -> torch.device: ...
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module: ...  # DDP-wrapped when there are workers
+
+    def latest_checkpoint(self) -> ContextManager[str | None]: ...  # a local folder to resume from, or None
+
+    def report(self, metrics: dict, checkpoint_dir: str | None, name: str) -> None: ...
+
+
+class RaySession:
+    """Rank, data, device, DDP, checkpoints and reporting from Ray Train."""
+
+    def __init__(self):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+
+    def rows(self, name: str) -> list[dict]:
+        import ray.data
+        import ray.train
+
+        shard = ray.train.get_dataset_shard(name)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        return [r for b in shard.iter_batches(batch_size=4096, batch_format="pyarrow") for r in b.to_pylist()]
+
+    def device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # DDP when there are several workers
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self):
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as path:
+            yield path
+
+    def report(self, metrics: dict, checkpoint_dir: str | None, name: str) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
+
+
+# ---------------------------------------------------------------- the training loop
+
+
+def train_func(config: dict, session: Session | None = None) -> None:
+    """One seed: forward, MSE loss, backward, Adam step; dev loss and metrics and a checkpoint every epoch.
+
+    ``config`` is ``TrainLoopConfig.to_dict()`` (what Ray Train ships to the workers)."""
+    cfg = TrainLoopConfig.from_dict(config)
+    session = session or RaySession()
+    seed, rank, world = cfg.seed, session.rank, session.world_size
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(seed)  # the same initial weights on every worker (DDP also broadcasts rank 0's)
+    np.random.seed(seed)
+
+    model = build_model(cfg.model)  # pretrained encoder
+    model_cfg = model.config  # cfg.model with the encoder's config filled in: what config.json records
+    audio_dim, max_len = model_cfg.audio_dim, model_cfg.max_len
+    tokenizer = load_tokenizer(model_cfg)
+    device = session.device()
+    model.to(device)
+    groups = model.param_groups()
+    optimizer = torch.optim.Adam([g for g in (
+        {"params": groups["encoder"], "lr": cfg.lr},
+        {"params": groups["head"], "lr": cfg.head_lr if cfg.head_lr is not None else cfg.lr},
+        {"params": groups["fusion"], "lr": cfg.fusion_lr},
+    ) if g["params"]])
+
+    start_epoch = 0
+    with session.latest_checkpoint() as path:
+        if path is not None:
+            start_epoch = load_train_state(path, model, optimizer) + 1
+    ddp_model = session.prepare(model)
+
+    # Every worker holds the whole (small) training set in one fixed order; each epoch's permutation depends
+    # only on (seed, epoch), and worker r takes every world-th row of each global batch: the same global
+    # batches whatever the number of workers, and a resumed run replays exactly what it would have done.
+    train_rows = [UtteranceInput.from_row(r, audio_dim)
+                  for r in sorted(session.rows("train"), key=lambda r: r["utterance_id"])]
+    dev_rows = [UtteranceInput.from_row(r, audio_dim)
+                for r in sorted(session.rows("dev"), key=lambda r: r["utterance_id"])] if rank == 0 else []
+    train_rows = [u for u in train_rows if math.isfinite(u.label)]
+
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(seed * 1000 + epoch * 10 + rank)  # dropout masks, reproducible per epoch
+        perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+        model.train()
+        t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
+        for start in range(0, len(perm), cfg.batch_size):
+            global_batch = perm[start:start + cfg.batch_size]
+            if len(global_batch) < world:  # a worker would get no rows; DDP needs every worker to step
+                break
+            rows = [train_rows[i] for i in global_batch[rank::world]]
+            batch = {k: v.to(device) for k, v in collate(rows, tokenizer, max_len, audio_dim).items()}
+
+            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                out = ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                audio=batch["audio"])
+            loss = F.mse_loss(out.score.float(), batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # DDP averages the gradients over workers here
+            optimizer.step()
+
+            loss_sum += loss.item() * len(rows)
+            n_seen += len(rows)
+
+        metrics = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "train_rows_per_s":
+                   n_seen * world / (time.perf_counter() - t0)}
+        with storage.scratch_dir(prefix="cmbert-epoch-") as scratch:  # removed once reported (Ray copied it)
+            checkpoint_dir = None
+            if rank == 0:
+                preds, _ = predict_rows(model, tokenizer, dev_rows, max_len, audio_dim, device=device)
+                labels = np.array([u.label for u in dev_rows], dtype=np.float64)
+                ok = np.isfinite(labels)
+                metrics["dev_loss"] = float(np.mean((preds[ok] - labels[ok]) ** 2)) if ok.any() else math.nan
+                metrics |= {f"dev_{k}": v for k, v in regression_metrics(preds, labels).items()}
+                checkpoint_dir = scratch
+                save_checkpoint(model, tokenizer, model_cfg, checkpoint_dir, CheckpointMeta(
+                    feature_set=cfg.feature_set, feature_dim=cfg.feature_dim, model_id=cfg.model_id, seed=seed,
+                    epoch=epoch, missing_audio=cfg.missing_audio,
+                    metrics=json_safe({k: v for k, v in metrics.items() if k.startswith("dev_")}),
+                    run_id=cfg.run_id, code_version=cfg.code_version, train_config=cfg.train_config))
+                save_train_state(checkpoint_dir, model, optimizer, epoch)
+            session.report(metrics, checkpoint_dir, name=f"epoch-{epoch:03d}")
+
+
+# ---------------------------------------------------------------- what the job derives from the data
+
+
+def seed_list(n: int) -> list[int]:
+    """The authors' seeds 1, 11, 111, 1111, 11111, continued the same way."""
+    return [int("1" * (i + 1)) for i in range(n)]
+
+
+def audio_stats(table: pa.Table, feature_dim: int) -> tuple[list[float] | None, list[float] | None]:
+    """Per-feature mean and std over every word vector of the training rows (None when there is no audio)."""
+    if not feature_dim:
+        return None, None
+    features = pc.list_flatten(pc.struct_field(pc.list_flatten(table.column("words")), "features"))
+    values = features.to_numpy(zero_copy_only=False).astype(np.float64)
+    if values.size == 0 or values.size % feature_dim:
+        return None, None
+    vectors = values.reshape(-1, feature_dim)  # (words, Da)
+    return vectors.mean(axis=0).tolist(), vectors.std(axis=0).tolist()
+
+
+def feature_info(*tables: pa.Table) -> tuple[str, int]:
+    """(feature_set, feature_dim) shared by every row with audio; (NO_AUDIO, 0) for text-only data."""
+    found = set()
+    for t in tables:
+        audio = t.filter(t.column("audio_present"))
+        found |= set(zip(audio.column("feature_set").to_pylist(), audio.column("feature_dim").to_pylist()))
+    if len(found) > 1:
+        raise ValueError(f"the utterances mix feature sets {sorted(found)}: train on one feature set")
+    return found.pop() if found else (NO_AUDIO, 0)
+
+
+def default_model_id(model: CMBertConfig) -> str:
+    """e.g. cmbert-cmbert-mean-values-mpnet-base: fusion, [CLS] audio, audio values, encoder."""
+    names = {MINILM: "minilm-l6", MPNET: "mpnet-base"}
+    encoder = names.get(model.encoder) or os.path.basename(model.encoder.rstrip("/")) or model.encoder
+    fusion = (f"-{model.cls_audio}" + ("-values" if model.audio_values else "")) if model.fusion == "cmbert" else ""
+    return f"cmbert-{model.fusion}{fusion}-{encoder}"

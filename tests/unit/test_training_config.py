@@ -1,0 +1,71 @@
+"""One default per option: the train job's flags take the model's and the loop's defaults from their configs;
+the loop config, checkpoint metadata and a row read for the model round-trip as typed values."""
+
+import dataclasses
+import math
+
+import pytest
+
+from cmbert.checkpoint import MULTI_FORMAT, CheckpointMeta
+from cmbert.collate import UtteranceInput, collate
+from cmbert.model import PAPER, CMBertConfig, build_model
+from cmbert.testing import tiny_encoder_config
+from cmbert.training import TrainLoopConfig, default_model_id
+from jobs.train import TrainConfig
+
+
+def test_train_flags_share_the_model_and_loop_defaults():
+    model = {f.name: f.default for f in dataclasses.fields(CMBertConfig)}
+    loop = {f.name: f.default for f in dataclasses.fields(TrainLoopConfig)}
+    shared = 0
+    for f in dataclasses.fields(TrainConfig):
+        for source in (model, loop):
+            if f.name in source and f.name != "model_id":  # model_id: None = derived, on the job only
+                assert f.default == source[f.name], f.name
+                shared += 1
+    assert shared >= 13  # encoder, fusion, cls_audio, audio_values, max_len, proj_dim, dropouts, lrs, epochs, ...
+    # the shipped defaults are the hearing variant; the paper's model is named
+    assert (CMBertConfig().cls_audio, CMBertConfig().audio_values) == ("mean", True)
+    assert (CMBertConfig(**PAPER).cls_audio, CMBertConfig(**PAPER).audio_values) == ("zero", False)
+    assert default_model_id(CMBertConfig(encoder="minilm")) == "cmbert-cmbert-mean-values-minilm-l6"
+
+
+def test_loop_config_round_trips_as_ray_ships_it():
+    loop = TrainLoopConfig(model=CMBertConfig(encoder="minilm", audio_dim=4, audio_mean=[0.0] * 4,
+                                              audio_std=[1.0] * 4), seed=11, epochs=2, train_config={"lr": 1})
+    assert TrainLoopConfig.from_dict(loop.to_dict()) == loop
+
+
+def test_build_model_fills_a_copy_of_the_config():
+    config = CMBertConfig(encoder="minilm", audio_dim=4)
+    model = build_model(config)
+    assert config.encoder_config is None  # not changed
+    assert model.config.encoder_config["hidden_size"] == 384 and model.config.audio_dim == 4
+    bare = CMBertConfig(encoder_config=tiny_encoder_config(), audio_dim=4)
+    assert build_model(bare).config == bare
+
+
+def test_checkpoint_meta_round_trip_and_old_files():
+    meta = CheckpointMeta(feature_set="gen", feature_dim=4, model_id="tiny", seed=1, epoch=0, metrics={"mae": 1.0})
+    assert CheckpointMeta.from_dict(meta.to_dict()) == meta
+    assert "best" not in meta.to_dict() and "checkpoints" not in meta.to_dict()  # unset fields stay out
+    # a meta.json from before the type: missing keys get the defaults, unknown keys are ignored
+    old = CheckpointMeta.from_dict({"format": MULTI_FORMAT, "checkpoints": ["seed-1"], "best": "seed-1",
+                                    "model_version": "abc", "something_new": 1})
+    assert old.multiseed and old.best == "seed-1" and old.missing_audio == "refuse" and old.feature_dim == 0
+
+
+def test_a_row_is_read_once_into_a_model_input():
+    row = {"utterance_id": "u1", "text": "a b", "label": None,
+           "words": [{"word": "a", "features": [1.0, float("nan")]}, {"word": "b", "features": None}]}
+    u = UtteranceInput.from_row(row, audio_dim=2)
+    assert u.words == ("a", "b") and math.isnan(u.label) and u.audio.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    assert UtteranceInput.from_row({"text": "just text", "words": [], "label": 2.0}, 2).audio is None
+    with pytest.raises(ValueError, match="3 audio features"):
+        UtteranceInput.from_row({"text": "a", "words": [{"word": "a", "features": [1.0, 2.0, 3.0]}]}, 2)
+
+    from cmbert.model import load_tokenizer  # collate takes inputs and rows alike (rows go through from_row)
+
+    tok = load_tokenizer(CMBertConfig(encoder="minilm"))
+    a, b = collate([row], tok, 50, 2), collate([u], tok, 50, 2)
+    assert all((a[k] == b[k]).all() or (a[k].isnan() & b[k].isnan()).all() for k in a)
