@@ -11,7 +11,6 @@ where every output is.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 
 try:
@@ -19,7 +18,7 @@ try:
 except ImportError:  # python jobs/demo.py: jobs/ is on sys.path, the repo root may not be
     import _wiring
 
-from cmbert import query
+from cmbert import query, storage
 from cmbert.errors import UserError
 from cmbert.runinfo import REPO_ROOT
 from jobs import evaluate, preprocess, score, train
@@ -50,8 +49,8 @@ def step(title: str, job, argv: list[str]) -> None:
 
 def run(cfg: DemoConfig) -> None:
     out = os.path.abspath(cfg.output)
-    if cfg.fresh and os.path.isdir(out):
-        shutil.rmtree(out)
+    if cfg.fresh:
+        storage.remove_tree(out)
     data = f"{out}/data"
     ckpt = f"{out}/checkpoint"
     scores = f"{out}/scored"
