@@ -189,16 +189,18 @@ def test_local_hive_partitions(tmp_path):
     assert hive.height == 4
 
 
+def broken(table: pa.Table, change: str, *, wrong: str, missing: str, extra: str) -> tuple[pa.Table, str]:
+    """``table`` with one schema fault (a column of the wrong type, one missing, one extra) and the column named."""
+    if change == "wrong-type":
+        return table.set_column(table.schema.get_field_index(wrong), wrong, pa.array(["x"] * table.num_rows)), wrong
+    if change == "missing":
+        return table.drop_columns([missing]), missing
+    return table.append_column(extra, pa.array(["x"] * table.num_rows)), extra
+
+
 @pytest.mark.parametrize("change", ["wrong-type", "missing", "extra"])
 def test_schema_mismatch_writes_nothing(tmp_path, change):
-    table = valid_table("scores")
-    if change == "wrong-type":
-        table = table.set_column(table.schema.get_field_index("score"), "score", pa.array(["high", "low"]))
-    elif change == "missing":
-        table = table.drop_columns(["model_id"])
-    else:
-        table = table.append_column("note", pa.array(["x", "y"]))
-    column = {"wrong-type": "score", "missing": "model_id", "extra": "note"}[change]
+    table, column = broken(valid_table("scores"), change, wrong="score", missing="model_id", extra="note")
     with pytest.raises(SchemaMismatchError, match=repr(column)):
         write_table(table, str(tmp_path / "scores"), SCORES_SCHEMA)
     assert list(tmp_path.iterdir()) == []
@@ -387,15 +389,8 @@ def test_s3_publish_dir(s3_server, s3_env):
 @pytest.mark.parametrize("change", ["wrong-type", "missing", "extra"])
 def test_s3_schema_mismatch_writes_nothing(s3_server, s3_env, change):
     bucket = s3_env
-    table = valid_table("utterances")
-    if change == "wrong-type":
-        table = table.set_column(table.schema.get_field_index("audio_present"), "audio_present",
-                                 pa.array(["yes", "no"]))
-    elif change == "missing":
-        table = table.drop_columns(["words"])
-    else:
-        table = table.append_column("secret_notes", pa.array(["a", "b"]))
-    column = {"wrong-type": "audio_present", "missing": "words", "extra": "secret_notes"}[change]
+    table, column = broken(valid_table("utterances"), change, wrong="audio_present", missing="words",
+                           extra="secret_notes")
     with pytest.raises(SchemaMismatchError, match=repr(column)):
         write_table(table, _uri(bucket, "utterances"), UTTERANCES_SCHEMA)
     assert s3_server.list_keys(bucket) == []
