@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -27,6 +28,9 @@ from cmbert import storage
 from cmbert.errors import UserError
 from cmbert.model import CMBert, CMBertConfig, build_model
 from cmbert.storage import StorageError, locate
+
+if TYPE_CHECKING:  # a type only (read_model_info imports it when called)
+    from cmbert.scoring import ModelAudio
 
 FORMAT = "cmbert-checkpoint/1"
 MULTI_FORMAT = "cmbert-multiseed/1"
@@ -255,7 +259,7 @@ class ModelInfo:
     checkpoint: str  # the single checkpoint scored with (the best seed of a multi-seed output)
     model_id: str
     model_version: str
-    audio: "ModelAudio"  # noqa: F821 (cmbert.scoring.ModelAudio: which utterances' audio it can score)
+    audio: "ModelAudio"  # which utterances' audio it can score
 
 
 def read_model_info(checkpoint: str) -> ModelInfo:
@@ -270,7 +274,7 @@ def read_model_info(checkpoint: str) -> ModelInfo:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {loc.uri} is missing") from None
     return ModelInfo(checkpoint, str(meta.model_id or "cmbert"), str(meta.model_version),
-                     ModelAudio.from_meta(meta.to_dict(), config))
+                     ModelAudio.from_meta(meta, config))
 
 
 # ---------------------------------------------------------------- the optimizer's state (epoch checkpoints)

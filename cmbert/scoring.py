@@ -28,6 +28,7 @@ import math
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,9 @@ from cmbert.faults import kill_point
 from cmbert.manifest import NO_AUDIO
 from cmbert.model import TEXT_ONLY
 from schemas import SCORE_RESULT_SCHEMA
+
+if TYPE_CHECKING:  # a type only (cmbert.checkpoint imports this module to build ModelInfo)
+    from cmbert.checkpoint import CheckpointMeta
 
 SCORE_MIN, SCORE_MAX = -3.0, 3.0
 PARTITION_COLUMNS = ("score_date", "model_version")
@@ -82,13 +86,13 @@ class ModelAudio:
         return self.feature_set == NO_AUDIO or self.feature_dim <= 0
 
     @classmethod
-    def from_meta(cls, meta: dict, config=None) -> "ModelAudio":
-        """From a checkpoint's meta and its CMBertConfig (None: judge by the meta alone)."""
-        feature_set = str(meta.get("feature_set") or NO_AUDIO)
-        feature_dim = int(meta.get("feature_dim") or 0)
+    def from_meta(cls, meta: "CheckpointMeta", config=None) -> "ModelAudio":
+        """From a checkpoint's meta (cmbert.checkpoint.CheckpointMeta) and its CMBertConfig (None: the meta alone)."""
+        feature_set = meta.feature_set or NO_AUDIO
+        feature_dim = int(meta.feature_dim or 0)
         if getattr(config, "fusion", None) == TEXT_ONLY:
             feature_set, feature_dim = NO_AUDIO, 0
-        missing = str(meta.get("missing_audio") or "refuse")
+        missing = meta.missing_audio or "refuse"
         if config is not None and audio_cannot_change_score(config):
             missing = "zeros"
         return cls(feature_set, feature_dim, missing)
@@ -397,7 +401,7 @@ class ScoreStage:
             raise RuntimeError(f"checkpoint {options.checkpoint} changed during the run "
                                f"({options.stamp.model_version} -> {lm.meta.model_version}); run again")
         lm.model.to(options.device).eval()
-        self.audio = ModelAudio.from_meta(lm.meta.to_dict(), lm.config)
+        self.audio = ModelAudio.from_meta(lm.meta, lm.config)
         self.scorer = Scorer(lm.model, lm.tokenizer, lm.config.max_len, lm.config.audio_dim, collate,
                              options.device, options.batch_size, token_lengths, options.precision)
 

@@ -51,7 +51,7 @@ def run(cfg: EvaluateConfig) -> dict:
     per_seed, heatmap_files = [], []
     for uri in seed_checkpoints(cfg.checkpoint):
         lm = load_checkpoint(uri, device=device)
-        audio = ModelAudio.from_meta(lm.meta.to_dict(), lm.config)
+        audio = ModelAudio.from_meta(lm.meta, lm.config)
         check_compatible(audio, {(r["feature_set"], r["feature_dim"]) for r in rows if r["audio_present"]},
                          f"the utterances in {cfg.data}")  # the one rule, as scoring's
         is_best = top_meta.best is None or uri.rstrip("/").endswith("/" + top_meta.best)

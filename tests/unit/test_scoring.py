@@ -9,6 +9,7 @@ import torch
 
 from cmbert.collate import length_buckets
 from cmbert.model import PAPER, CMBertConfig
+from cmbert.checkpoint import CheckpointMeta
 from cmbert.errors import FeatureMismatch
 from cmbert.scoring import (ModelAudio, Scorer, ScoreStamp, check_compatible, clip_score, keep_rows, label7, plan_work,
                             polarity, score_records, score_rows, without_audio)
@@ -26,6 +27,10 @@ def test_labels_from_score(score, clipped, pol, lab):
     assert polarity(clip_score(score)) == pol
     assert label7(score) == lab
     assert -3 <= label7(score) <= 3
+
+
+def audio_of(meta: dict, config) -> ModelAudio:
+    return ModelAudio.from_meta(CheckpointMeta.from_dict(meta), config)
 
 
 def test_length_buckets_cover_every_row_once_and_group_by_length():
@@ -106,18 +111,18 @@ def test_check_compatible():
     with pytest.raises(FeatureMismatch):
         check_compatible(AUDIO, [("egemaps_v02_lld", 24)])
     check_compatible(ModelAudio("none", 0), [("compare_2016_lld", 65)])  # text-only accepts anything
-    text_only = ModelAudio.from_meta({"feature_set": "egemaps_v02_lld", "feature_dim": 25}, CMBertConfig(fusion="none"))
+    text_only = audio_of({"feature_set": "egemaps_v02_lld", "feature_dim": 25}, CMBertConfig(fusion="none"))
     assert text_only.text_only
     assert without_audio({"text": "hi", "words": [{"word": "hi", "features": [1.0]}]})["words"][0]["features"] is None
 
 
 def test_which_checkpoints_score_audio_absent_rows():
     meta = {"feature_set": "egemaps_v02_lld", "feature_dim": 25}
-    assert ModelAudio.from_meta(meta, CMBertConfig(**PAPER)).missing_audio == "zeros"  # paper: audio cannot reach [CLS]
-    assert ModelAudio.from_meta(meta, CMBertConfig(cls_audio="mean")).missing_audio == "refuse"
-    assert ModelAudio.from_meta(meta, CMBertConfig(**PAPER, audio_kernel=3)).missing_audio == "refuse"
-    assert ModelAudio.from_meta(meta | {"missing_audio": "zeros"}, CMBertConfig(cls_audio="mean")).missing_audio == "zeros"
-    assert ModelAudio.from_meta({"feature_set": "none", "feature_dim": 0}, CMBertConfig(cls_audio="mean")).text_only
+    assert audio_of(meta, CMBertConfig(**PAPER)).missing_audio == "zeros"  # paper: audio cannot reach [CLS]
+    assert audio_of(meta, CMBertConfig(cls_audio="mean")).missing_audio == "refuse"
+    assert audio_of(meta, CMBertConfig(**PAPER, audio_kernel=3)).missing_audio == "refuse"
+    assert audio_of(meta | {"missing_audio": "zeros"}, CMBertConfig(cls_audio="mean")).missing_audio == "zeros"
+    assert audio_of({"feature_set": "none", "feature_dim": 0}, CMBertConfig(cls_audio="mean")).text_only
 
 
 def test_plan_work_skips_done_dedups_and_marks_partial_files():
