@@ -252,3 +252,41 @@ def default_model_id(model: CMBertConfig) -> str:
     encoder = names.get(model.encoder) or os.path.basename(model.encoder.rstrip("/")) or model.encoder
     fusion = (f"-{model.cls_audio}" + ("-values" if model.audio_values else "")) if model.fusion == "cmbert" else ""
     return f"cmbert-{model.fusion}{fusion}-{encoder}"
+
+
+# ---------------------------------------------------------------- after a seed's fit (the driver)
+
+
+def publish_seed(result, out: storage.Location, seed: int) -> dict:
+    """The seed's epoch with the lowest finite dev loss (Ray Train's kept checkpoint) published as OUT/seed-N
+    (without the optimizer state); its summary entry."""
+    from cmbert.checkpoint import TRAIN_STATE_FILES, publish_checkpoint, read_meta
+
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if math.isfinite(m.get("dev_loss") or math.nan)]
+    if not scored:
+        raise RuntimeError(f"seed {seed}: training reported no checkpoint with a finite dev loss")
+    ckpt, best = min(scored, key=lambda cm: cm[1]["dev_loss"])
+    dest = out.join(f"seed-{seed}").uri
+    publish_checkpoint(storage.Location(ckpt.filesystem, ckpt.path, ckpt.path), dest, skip=TRAIN_STATE_FILES)
+    return {"seed": seed, "checkpoint": f"seed-{seed}", "best_epoch": best["epoch"],
+            "model_version": read_meta(dest).model_version, "train_rows_per_s": best["train_rows_per_s"],
+            # the last epoch's (past the first steps' warm-up): what bench/bench_train.py quotes
+            "train_rows_per_s_last_epoch": (result.metrics or {}).get("train_rows_per_s"),
+            "dev": {k[4:]: v for k, v in best.items() if k.startswith("dev_")}}
+
+
+def record_train_run(cfg, run_id: str, started, status: str, train_table: pa.Table, n_unlabelled: int,
+                     n_output: int, model_version: str | None) -> None:
+    """The train job's RUNS_SCHEMA row; a failure to write it is a warning (never hides the training error)."""
+    import sys
+
+    from cmbert.runinfo import write_run_row
+
+    spans = [(e - s) for s, e in zip(train_table.column("start").to_pylist(), train_table.column("end").to_pylist())
+             if s is not None and e is not None] if "start" in train_table.column_names else []
+    try:
+        write_run_row(cfg.output, job="train", status=status, run_id=run_id, started=started, config=cfg,
+                      input=cfg.train, n_input=train_table.num_rows + n_unlabelled, n_output=n_output,
+                      n_rejected=n_unlabelled, n_skipped=0, audio_seconds=sum(spans), model_version=model_version)
+    except Exception as exc:
+        print(f"warning: could not write the run row: {exc}", file=sys.stderr)

@@ -17,8 +17,6 @@ with the same OUTPUT resumes each seed from its last finished epoch).
 
 from __future__ import annotations
 
-import math
-import sys
 from dataclasses import asdict, dataclass, field
 
 try:
@@ -29,15 +27,16 @@ except ImportError:  # python jobs/train.py: jobs/ is on sys.path, the repo root
 import pyarrow.compute as pc
 
 from cmbert import storage
-from cmbert.checkpoint import TRAIN_STATE_FILES, CheckpointMeta, publish_checkpoint, read_meta, write_multiseed_meta
+from cmbert.checkpoint import CheckpointMeta, write_multiseed_meta
 from cmbert.cli import option, shared_fields
 from cmbert.collate import read_utterances
 from cmbert.encoders import resolve_encoder
 from cmbert.errors import ConfigError, UserError
 from cmbert.metrics import aggregate, json_safe
 from cmbert.model import CMBertConfig
-from cmbert.runinfo import code_version, new_run_id, utc_now, write_run_row
-from cmbert.training import TrainLoopConfig, audio_stats, default_model_id, feature_info, seed_list, train_func
+from cmbert.runinfo import code_version, new_run_id, utc_now
+from cmbert.training import (TrainLoopConfig, audio_stats, default_model_id, feature_info, publish_seed,
+                             record_train_run, seed_list, train_func)
 
 
 @dataclass
@@ -129,19 +128,9 @@ def run(cfg: TrainConfig) -> dict:
                     failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
                 dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker sees all rows (train_func)
             ).fit()
-            scored = [(c, m) for c, m in (result.best_checkpoints or []) if math.isfinite(m.get("dev_loss") or math.nan)]
-            if not scored:
-                raise RuntimeError(f"seed {seed}: training reported no checkpoint with a finite dev loss")
-            best_ckpt, best = min(scored, key=lambda cm: cm[1]["dev_loss"])
-            publish_checkpoint(storage.Location(best_ckpt.filesystem, best_ckpt.path, best_ckpt.path),
-                               out.join(f"seed-{seed}").uri, skip=TRAIN_STATE_FILES)
-            runs.append({"seed": seed, "checkpoint": f"seed-{seed}", "best_epoch": best["epoch"],
-                         "model_version": read_meta(out.join(f"seed-{seed}").uri).model_version,
-                         "train_rows_per_s": best["train_rows_per_s"],
-                         # the last epoch's (past the first steps' warm-up): what bench/bench_train.py quotes
-                         "train_rows_per_s_last_epoch": (result.metrics or {}).get("train_rows_per_s"),
-                         "dev": {k[4:]: v for k, v in best.items() if k.startswith("dev_")}})
-            print(f"seed {seed}: best epoch {best['epoch']} dev_loss {best['dev_loss']:.4f}", flush=True)
+            runs.append(publish_seed(result, out, seed))
+            best = runs[-1]
+            print(f"seed {seed}: best epoch {best['best_epoch']} dev_loss {best['dev']['loss']:.4f}", flush=True)
 
         best_run = min(runs, key=lambda r: r["dev"]["loss"])
         summary = {"run_id": run_id, "model_id": loop.model_id, "feature_set": feature_set, "feature_dim": feature_dim,
@@ -151,28 +140,17 @@ def run(cfg: TrainConfig) -> dict:
         write_multiseed_meta(out.uri, CheckpointMeta(
             checkpoints=[r["checkpoint"] for r in runs], best=best_run["checkpoint"], feature_set=feature_set,
             feature_dim=feature_dim, model_id=loop.model_id, model_version=best_run["model_version"], run_id=run_id))
-        _write_run_row(cfg, run_id, started, "succeeded", train_table, n_unlabelled, len(runs),
-                       best_run["model_version"])
+        record_train_run(cfg, run_id, started, "succeeded", train_table, n_unlabelled, len(runs),
+                         best_run["model_version"])
         return summary
     except BaseException:
-        _write_run_row(cfg, run_id, started, "failed", train_table, n_unlabelled, len(runs), None)
+        record_train_run(cfg, run_id, started, "failed", train_table, n_unlabelled, len(runs), None)
         raise
 
 
 def report(cfg: TrainConfig, summary: dict) -> None:
     for k, v in summary["dev_mean_std"].items():
         print(f"dev {k}: {v['mean']:.4f} ± {v['std']:.4f} over {v['n']} seed(s)", flush=True)
-
-
-def _write_run_row(cfg, run_id, started, status, train_table, n_unlabelled, n_output, model_version) -> None:
-    spans = [(e - s) for s, e in zip(train_table.column("start").to_pylist(), train_table.column("end").to_pylist())
-             if s is not None and e is not None] if "start" in train_table.column_names else []
-    try:
-        write_run_row(cfg.output, job="train", status=status, run_id=run_id, started=started, config=cfg,
-                      input=cfg.train, n_input=train_table.num_rows + n_unlabelled, n_output=n_output,
-                      n_rejected=n_unlabelled, n_skipped=0, audio_seconds=sum(spans), model_version=model_version)
-    except Exception as exc:  # never hide the training error behind a bookkeeping one
-        print(f"warning: could not write the run row: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
