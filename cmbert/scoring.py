@@ -193,35 +193,11 @@ INDEX_SCHEMA = pa.schema([("utterance_id", pa.string()), ("audio_present", pa.bo
 
 
 def feature_sets(uri: str, files: list[str]) -> set[tuple[str, int]]:
-    """(feature set, dimension) of the input's utterances with audio, from each row group's column statistics
-    (one footer read per file); a row group that mixes values is read for those columns only."""
-    import pyarrow.parquet as pq
-
-    if not files:
-        raise storage.StorageError(f"cannot read {uri}: no such dataset")
-    fs = storage.locate(uri).fs
-    out: set[tuple[str, int]] = set()
-    try:
-        for path in files:
-            pf = pq.ParquetFile(path, filesystem=fs)
-            names = pf.schema_arrow.names
-            missing = [c for c in INDEX_COLUMNS if c not in names]
-            if missing:
-                raise storage.StorageError(f"cannot read {uri}: not an utterances dataset (no column {missing[0]!r})")
-            cols = {name: i for i, name in enumerate(names)}
-            for rg in range(pf.metadata.num_row_groups):
-                group = pf.metadata.row_group(rg)
-                stats = [group.column(cols[c]).statistics for c in ("feature_set", "feature_dim")]
-                if all(st is not None and st.has_min_max and st.min == st.max for st in stats):
-                    if stats[0].min != NO_AUDIO:
-                        out.add((stats[0].min, int(stats[1].min)))
-                    continue
-                t = pf.read_row_group(rg, columns=["audio_present", "feature_set", "feature_dim"])
-                t = t.filter(t.column("audio_present"))
-                out |= set(zip(t.column("feature_set").to_pylist(), t.column("feature_dim").to_pylist()))
-    except OSError as exc:
-        raise storage.explain(exc, uri, "read") from None
-    return out
+    """(feature set, dimension) of the input's utterances with audio, from the files' footers where they tell
+    (storage.distinct_tuples), before any work."""
+    pairs = storage.distinct_tuples(uri, files, ("feature_set", "feature_dim"), where="audio_present",
+                                    required=tuple(INDEX_COLUMNS), kind="an utterances dataset")
+    return {(fs, int(dim)) for fs, dim in pairs if fs != NO_AUDIO}
 
 
 def index_dataset(uri: str, files: list[str]):

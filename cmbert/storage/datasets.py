@@ -316,6 +316,41 @@ def read_file(where: "str | Location", columns: list[str] | None = None, filter=
     return pads.dataset(loc.path, filesystem=loc.fs, format="parquet").to_table(columns=columns, filter=filter)
 
 
+def distinct_tuples(uri: str, files: list[str], columns: tuple[str, ...], *, where: str | None = None,
+                    required: tuple[str, ...] = (), kind: str = "dataset") -> set[tuple]:
+    """The distinct tuples of ``columns`` in the files of dataset ``uri``, from each row group's column statistics
+    where every column holds one value (one footer read per file); other row groups are read for those columns
+    only, counting the rows where the boolean column ``where`` is true. A file without one of ``required`` is
+    not a ``kind``: a ``StorageError``."""
+    import pyarrow.parquet as pq
+
+    if not files:
+        raise StorageError(f"cannot read {uri}: no such dataset")
+    fs = locate(uri).fs
+    out: set[tuple] = set()
+    try:
+        for path in files:
+            pf = pq.ParquetFile(path, filesystem=fs)
+            names = pf.schema_arrow.names
+            missing = [c for c in required if c not in names]
+            if missing:
+                raise StorageError(f"cannot read {uri}: not {kind} (no column {missing[0]!r})")
+            index = {name: i for i, name in enumerate(names)}
+            for rg in range(pf.metadata.num_row_groups):
+                group = pf.metadata.row_group(rg)
+                stats = [group.column(index[c]).statistics for c in columns]
+                if all(st is not None and st.has_min_max and st.min == st.max for st in stats):
+                    out.add(tuple(st.min for st in stats))
+                    continue
+                t = pf.read_row_group(rg, columns=[*([where] if where else []), *columns])
+                if where:
+                    t = t.filter(t.column(where))
+                out |= set(zip(*(t.column(c).to_pylist() for c in columns)))
+    except OSError as exc:
+        raise explain(exc, uri, "read") from None
+    return out
+
+
 def written_version(uri: str) -> str | None:
     """The ``cmbert.schema_version`` in the footer of one file of dataset ``uri``; None when it has no files.
 
