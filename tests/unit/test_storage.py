@@ -396,15 +396,21 @@ def test_s3_schema_mismatch_writes_nothing(s3_server, s3_env, change):
     assert s3_server.list_keys(bucket) == []
 
 
-def test_s3_unreachable_endpoint_is_one_clear_line(s3_server, s3_env, monkeypatch):
-    bucket = s3_env
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.unreachable_endpoint())
-    uri = _uri(bucket, "rejects")
+def write_and_read_errors(uri: str) -> list[str]:
+    """The StorageError messages of a write and then a read of dataset ``uri`` (each must raise one)."""
+    messages = []
     for action in (lambda: write_table(valid_table("rejects"), uri, REJECTS_SCHEMA),
                    lambda: read_table(uri, REJECTS_SCHEMA)):
         with pytest.raises(StorageError) as err:
             action()
-        msg = str(err.value)
+        messages.append(str(err.value))
+    return messages
+
+
+def test_s3_unreachable_endpoint_is_one_clear_line(s3_server, s3_env, monkeypatch):
+    bucket = s3_env
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.unreachable_endpoint())
+    for msg in write_and_read_errors(_uri(bucket, "rejects")):
         assert "\n" not in msg and "unreachable" in msg and "127.0.0.1" in msg
         assert s3_server.secret_key not in msg and s3_server.access_key not in msg
     assert s3_server.list_keys(bucket) == []
@@ -418,12 +424,7 @@ def test_s3_bad_credentials_is_one_clear_line(s3_server, s3_env, monkeypatch, wh
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
     else:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKNOSUCHKEY000000000")
-    uri = _uri(bucket, "rejects")
-    for action in (lambda: write_table(valid_table("rejects"), uri, REJECTS_SCHEMA),
-                   lambda: read_table(uri, REJECTS_SCHEMA)):
-        with pytest.raises(StorageError) as err:
-            action()
-        msg = str(err.value)
+    for msg in write_and_read_errors(_uri(bucket, "rejects")):
         assert "\n" not in msg and "credentials" in msg, msg
         for secret in (wrong, s3_server.secret_key):
             assert secret not in msg
