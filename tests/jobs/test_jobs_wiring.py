@@ -8,13 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 
 import pytest
 
 from cmbert.errors import UserError
 from tests.helpers import REPO
 from jobs import _wiring
+from tests.helpers.toy_job import ToyConfig, toy_run
 
 
 
@@ -52,19 +52,6 @@ def test_script_form_without_cmbert_installed(tmp_path):
     assert str(tmp_path) not in cmbert.__file__  # (this process is untouched)
 
 
-@dataclass
-class ToyConfig:
-    what: str = field(default="ok", metadata={"choices": ("ok", "user", "crash")})
-
-
-def toy_run(cfg: ToyConfig) -> str:
-    if cfg.what == "user":
-        raise UserError("the input is not there\n(second line)")
-    if cfg.what == "crash":
-        raise ZeroDivisionError("a bug")
-    return "result"
-
-
 def test_exit_contract_in_process(capsys):
     seen = []
     assert _wiring.run_job("toy", ToyConfig, toy_run, lambda cfg, r: seen.append(r), []) == 0 and seen == ["result"]
@@ -80,7 +67,7 @@ def test_exit_contract_in_process(capsys):
 @pytest.mark.parametrize("what, code", [("ok", 0), ("user", 2), ("crash", 1)])
 def test_exit_codes_of_a_process(what, code):
     prog = ("from jobs import _wiring; "
-            "from tests.jobs.test_jobs_wiring import ToyConfig, toy_run; "
+            "from tests.helpers.toy_job import ToyConfig, toy_run; "
             "_wiring.exit_with(lambda: _wiring.run_job('toy', ToyConfig, toy_run, argv=['--what', %r]))" % what)
     done = subprocess.run([sys.executable, "-c", prog], cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=120)
