@@ -1,12 +1,14 @@
 """CMU-MOSI text (no audio here): T-BERT vs CM-BERT (audio absent) with each encoder, several seeds, MMSA metrics on dev.
 
     python bench/bench_mosi.py [--work runs/bench-mosi] [--encoders mpnet,minilm] [--models cmbert,tbert]
-        [--seeds 5] [--seed-values 111,1111] [--budget-min 120] [--epochs 3] [--workers 1] [--reuse] [--merge]
+        [--seeds 5] [--seed-values 111,1111] [--budget-min 120] [--epochs N] [--workers 1] [--reuse] [--merge]
 
 ../shared/data/mosi-text/train.tsv (1284 rows) and dev.tsv (the CM-BERT paper's split) become text-only
 utterance datasets with the real preprocess job (jobs/preprocess.py main(), --manifest FILE --output DIR; audio
 marked absent). Each (encoder, model, seed) is then one in-process call of jobs/train.py main() (Ray Train,
---workers 1, 3 epochs, the job's defaults otherwise) and one of jobs/evaluate.py main() on dev. Seeds are the
+--workers 1, at most --epochs epochs, the job's defaults otherwise, early stopping included) and one of
+jobs/evaluate.py main() on dev; each seed's entry carries the train job's own record of its training (best epoch,
+epochs run, whether it stopped early, the per-epoch dev history: bench/common.py seed_training). Seeds are the
 job's own (1, 11, 111, ...), given to the job one at a time, seed-major: every (encoder, model) of seed 1 (in the
 order given: by default MPNet CM-BERT, MiniLM CM-BERT, MPNet T-BERT, MiniLM T-BERT) before any of seed 11, so an
 interrupted or budget-limited run still has the most important figures. A run starts only when the elapsed time
@@ -33,7 +35,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import PEAK_FLOPS, REPO, SHARED_DATA, write_result  # noqa: E402
+from common import PEAK_FLOPS, REPO, SHARED_DATA, seed_training, write_result  # noqa: E402
 
 sys.path.insert(0, str(REPO / "jobs"))
 
@@ -62,13 +64,17 @@ def preprocess(split: str, work: str, reuse: bool = False) -> tuple[str, float]:
 
 def run_one(name: str, seed: int, extra: list[str], train_uri: str, dev_uri: str, args) -> dict:
     """One (encoder_model, seed): train, evaluate on dev, MFU. ``name`` is e.g. ``mpnet_cmbert``."""
+    from cmbert.training import TrainLoopConfig
+
     result = train_and_evaluate(name, seed, extra, train_uri, dev_uri, args)
-    result |= mfu(result, os.path.join(args.work, "models", name, f"seed-{seed}"), train_uri, args.epochs)
+    result |= mfu(result, os.path.join(args.work, "models", name, f"seed-{seed}"), train_uri,
+                  result["epochs_run"] or args.epochs or TrainLoopConfig().epochs)  # early stopping: maybe fewer
     return result
 
 
 def mfu(result: dict, model_dir: str, train_uri: str, epochs: int) -> dict:
-    """MFU of one training run, from cmbert.model.estimate_flops at the training rows' mean word-piece count."""
+    """MFU of one training run of ``epochs`` epochs, from cmbert.model.estimate_flops at the training rows' mean
+    word-piece count."""
     from cmbert.checkpoint import load_checkpoint
     from cmbert.collate import read_utterances, token_lengths
     from cmbert.model import estimate_flops
@@ -92,7 +98,7 @@ def train_and_evaluate(name: str, seed: int, extra: list[str], train_uri: str, d
     model_dir = os.path.join(args.work, "models", name, f"seed-{seed}")
     eval_json = os.path.join(args.work, "eval", name, f"seed-{seed}.json")
     argv = ["--train", train_uri, "--dev", dev_uri, "--output", model_dir, "--seeds", "1",
-            "--epochs", str(args.epochs), "--workers", str(args.workers)] + extra
+            "--workers", str(args.workers)] + (["--epochs", str(args.epochs)] if args.epochs else []) + extra
     if args.reuse and os.path.exists(eval_json) and os.path.exists(os.path.join(model_dir, "summary.json")):
         return reused(seed, argv, model_dir, eval_json)
     shutil.rmtree(model_dir, ignore_errors=True)
@@ -117,7 +123,7 @@ def train_and_evaluate(name: str, seed: int, extra: list[str], train_uri: str, d
         result = json.load(f)
     metrics = result["per_seed"][0]["metrics"]
     return {"seed": seed, "train_argv": argv, "train_s": train_s, "eval_s": eval_s, "metrics": metrics,
-            "best_epoch": summary["seeds"][0]["best_epoch"], "n_dev": result["n_rows"],
+            **seed_training(summary["seeds"][0]), "n_dev": result["n_rows"],
             "train_rows_per_s": summary["seeds"][0]["train_rows_per_s"],
             "train_rows_per_s_last_epoch": summary["seeds"][0].get("train_rows_per_s_last_epoch")}
 
@@ -136,7 +142,7 @@ def reused(seed: int, argv: list[str], model_dir: str, eval_json: str) -> dict:
         raise SystemExit(f"{model_dir} was trained on other data; run without --reuse")
     print(f"[mosi] reusing {model_dir}", flush=True)
     return {"seed": seed, "train_argv": argv, "train_s": row["duration_s"], "eval_s": None, "reused": True,
-            "metrics": result["per_seed"][0]["metrics"], "best_epoch": summary["seeds"][0]["best_epoch"],
+            "metrics": result["per_seed"][0]["metrics"], **seed_training(summary["seeds"][0]),
             "n_dev": result["n_rows"], "train_rows_per_s": summary["seeds"][0]["train_rows_per_s"],
             "train_rows_per_s_last_epoch": summary["seeds"][0].get("train_rows_per_s_last_epoch")}
 
@@ -176,7 +182,7 @@ def main() -> None:
     p.add_argument("--merge", action="store_true", help="keep the per-seed results of bench/results/mosi.json "
                    "for seeds and models not run now, and aggregate over all of them")
     p.add_argument("--budget-min", type=float, default=120.0, help="start another run only within this")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None, help="at most this many (default: the job's)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--reuse", action="store_true", help="keep finished (encoder, model, seed) runs of an earlier "
                    "invocation in --work; the budget then counts only this invocation's new runs")
@@ -188,7 +194,7 @@ def main() -> None:
     t_all = time.perf_counter()
 
     from cmbert.metrics import aggregate
-    from cmbert.training import seed_list
+    from cmbert.training import TrainLoopConfig, seed_list
 
     train_uri, pre_train_s = preprocess("train", args.work, args.reuse)
     dev_uri, pre_dev_s = preprocess("dev", args.work, args.reuse)
@@ -214,7 +220,8 @@ def main() -> None:
         print(f"[mosi] not run (budget {budget:.0f}s): {', '.join(stopped)}", flush=True)
 
     figures = {"data": {"train": train_uri, "dev": dev_uri, "preprocess_s": {"train": pre_train_s, "dev": pre_dev_s}},
-               "seeds_max": args.seeds, "epochs": args.epochs, "models": {}, "not_run": stopped,
+               "seeds_max": args.seeds, "epochs": args.epochs or TrainLoopConfig().epochs, "models": {},
+               "not_run": stopped,
                "seeds_run": {name: len(rs) for name, rs in runs.items()},
                "paper_reference_test": {"tbert_bert_base": PAPER_TBERT_TEST, "cmbert_bert_base": PAPER_CMBERT_TEST}}
     for model, encoder in order:
@@ -236,7 +243,9 @@ def main() -> None:
     figures["total_s"] = time.perf_counter() - t_all
     n_dev = next((rs[0]["n_dev"] for rs in runs.values() if rs), "?")
     notes = (f"MOSI dev split ({n_dev} rows) of the CM-BERT paper; seeds per (encoder, model) in seeds_run "
-             f"(1, 11, ...), {args.epochs} epochs, --workers {args.workers}, CPU: 2 cores SHARED with other agents' "
+             f"(1, 11, ...), at most {args.epochs or TrainLoopConfig().epochs} epochs (early stopping: the job's "
+             f"--patience {TrainLoopConfig().patience}; per seed epochs_run, stopped_early, history), --workers "
+             f"{args.workers}, CPU: 2 cores SHARED with other agents' "
              "tests and builds while measured, so times and MFU are pessimistic and noisy. CM-BERT sees no audio "
              "here (text-only rows, audio_dim 1 of zeros: the fusion's attention over text only). Not comparable "
              "one-to-one with the paper's references (BERT-base on the test split): the dev split, and the "

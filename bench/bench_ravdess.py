@@ -1,7 +1,7 @@
 """Does CM-BERT hear? Binary valence on RAVDESS, unseen speakers: T-BERT vs paper mode vs our hearing variants.
 
     python bench/bench_ravdess.py [--features whisper|egemaps|...] [--utterances URI] [--work runs/bench-ravdess]
-        [--seeds 2] [--epochs 8] [--workers 1] [--encoder mpnet|minilm] [--only NAME ...] [--skip-baseline] [--reuse]
+        [--seeds 2] [--epochs N] [--workers 1] [--encoder mpnet|minilm] [--only NAME ...] [--skip-baseline] [--reuse]
         [--train-args "--lr 3e-5 ..."] [--results ravdess] [--resume] [--finished-seeds]
 
 RAVDESS speech (../shared/data/ravdess, actors 01-16): two fixed, emotionally neutral sentences spoken with
@@ -9,10 +9,12 @@ RAVDESS speech (../shared/data/ravdess, actors 01-16): two fixed, emotionally ne
 The clips go through the real preprocess job (jobs/preprocess.py: forced alignment of the manifest's
 transcript, ``--features`` averaged per word; skipped when ``--utterances`` exists) and are split by actor:
 01-12 train, 13-16 dev (unseen speakers). Each model is trained and evaluated with the real jobs, in-process:
-jobs/train.py main() (Ray Train, --workers 1) and jobs/evaluate.py main(); ``--epochs`` (default 8: RAVDESS
-has 30 batches an epoch) with the job's model selection on dev loss; ``--encoder`` is passed on when given (default:
-the job's own default encoder, all-mpnet-base-v2; the two RAVDESS sentences need no big encoder, so
-``--encoder minilm`` is the cheap way to measure the audio path). ``--train-args`` appends more jobs/train.py
+jobs/train.py main() (Ray Train, --workers 1) and jobs/evaluate.py main(); ``--epochs`` (default: the job's, so the
+bench measures the plain command; RAVDESS has 30 batches an epoch; a maximum under the job's early stopping, ``--train-args "--patience N"``) with the job's
+model selection on dev loss; each per-seed entry carries the train job's record of that seed's training (best
+epoch, epochs run, whether it stopped early, the per-epoch dev history: bench/common.py seed_training).
+``--encoder`` is passed on when given (default: the job's own default encoder, all-mpnet-base-v2; the two RAVDESS
+sentences need no big encoder, so ``--encoder minilm`` is the cheap way to measure the audio path). ``--train-args`` appends more jobs/train.py
 flags to every model (recipe exploration: ``--lr``, ``--fusion-lr``, ``--dropout``, ...); ``--results NAME``
 writes bench/results/NAME.json instead of ravdess.json (so an exploration does not replace the headline file).
 
@@ -44,7 +46,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import RAVDESS_DEV_ACTORS, REPO, SHARED_DATA, write_result  # noqa: E402
+from common import RAVDESS_DEV_ACTORS, REPO, SHARED_DATA, seed_training, write_result  # noqa: E402
 
 sys.path.insert(0, str(REPO / "jobs"))
 
@@ -124,7 +126,8 @@ def train_and_evaluate(name: str, args, split: dict, extra: list[str], reuse: bo
     eval_s = time.perf_counter() - t0
     timing = {"train_argv": train_argv, "eval_argv": eval_argv, "train_s": train_s, "eval_s": eval_s,
               "best_epochs": [s["best_epoch"] for s in summary["seeds"]],
-              "dev_loss": [s["dev"]["loss"] for s in summary["seeds"]]}
+              "dev_loss": [s["dev"]["loss"] for s in summary["seeds"]],
+              "training": [{"seed": s["seed"]} | seed_training(s) for s in summary["seeds"]]}
     os.makedirs(os.path.dirname(timing_path), exist_ok=True)
     with open(timing_path, "w") as f:
         json.dump(timing, f)
@@ -335,7 +338,7 @@ def main() -> None:
     p.add_argument("--utterances", default=None, help="default: runs/ravdess-FEATURES/utterances (made if absent)")
     p.add_argument("--work", default=str(REPO / "runs" / "bench-ravdess"))
     p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=None, help="at most this many (default: the job's)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--encoder", default=None, help="jobs/train.py --encoder (default: the job's default)")
     p.add_argument("--only", nargs="*", default=None, help="run only these model names (tbert, paper, attention, "
@@ -366,7 +369,8 @@ def main() -> None:
 
     import shlex
 
-    base = (["--epochs", str(args.epochs)] + (["--encoder", args.encoder] if args.encoder else [])
+    base = ((["--epochs", str(args.epochs)] if args.epochs else [])  # default: the job's own
+            + (["--encoder", args.encoder] if args.encoder else [])
             + shlex.split(args.train_args))
     runs = [("tbert", "T-BERT (--fusion none)", ["--fusion", "none"] + base),
             ("paper", "CM-BERT as published (--cls-audio zero --no-audio-values --fusion-lr 0.01)",
@@ -383,8 +387,9 @@ def main() -> None:
             continue
         r = train_and_evaluate(name, args, split, extra, args.reuse)
         res = r["result"]
-        per_seed = [{"seed": s["seed"], "non0_acc2": s["metrics"]["non0_acc2"], "metrics": s["metrics"]}
-                    for s in res["per_seed"]]
+        training = {t["seed"]: t for t in r.get("training") or []}  # the train job's record of each seed
+        per_seed = [training.get(s["seed"], {}) | {"seed": s["seed"], "non0_acc2": s["metrics"]["non0_acc2"],
+                                                   "metrics": s["metrics"]} for s in res["per_seed"]]
         entry = {"title": title, "train_args": r["train_argv"], "eval_args": r["eval_argv"],
                  "seeds": len(per_seed), "non0_acc2_mean": res["mean_std"]["non0_acc2"]["mean"],
                  "non0_acc2_std": res["mean_std"]["non0_acc2"]["std"], "per_seed": per_seed,
@@ -427,7 +432,10 @@ def args_notes(args) -> str:
 
     return (f"RAVDESS actors 01-12 train / 13-16 dev (unseen speakers), --features {args.features}, "
             f"encoder {args.encoder or TrainConfig.encoder}; "
-            f"{args.seeds} seed(s) per model (1, 11, ...); {args.epochs} epochs; --workers {args.workers} "
+            f"{args.seeds} seed(s) per model (1, 11, ...); at most {args.epochs or TrainConfig.epochs} epochs, "
+            "early stopping with the "
+            f"job's --patience (default {TrainConfig.patience}; each per_seed entry has epochs_run, stopped_early "
+            f"and the dev history); --workers {args.workers} "
             "(Ray Train, CPU, 2 cores shared with other jobs, so timings are indicative). non0_acc2 = "
             "sign(pred) vs sign(label) on dev rows with label != 0 (a prediction of 0 counts as negative). "
             "The variants' knobs (fusion lr 1e-3, 8 epochs, whisper features) were chosen by looking at dev, the "

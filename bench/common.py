@@ -76,6 +76,14 @@ def machine_info() -> dict:
     return info
 
 
+def seed_training(seed: dict) -> dict:
+    """How one seed's training went, as the train job's summary.json records it (an entry of its "seeds", from
+    cmbert.training.publish_seed): the best epoch, the epochs run, whether early stopping ended it, and the
+    per-epoch dev history. Read from that record, never re-derived; a summary from before early stopping has only
+    the best epoch (the rest None)."""
+    return {k: seed.get(k) for k in ("best_epoch", "epochs_run", "stopped_early", "history")}
+
+
 def summary(values: list[float]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 

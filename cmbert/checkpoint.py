@@ -8,8 +8,9 @@ A multi-seed training output is a folder of ``seed-N/`` checkpoints plus a top-l
 best one; ``load_checkpoint`` on the top level loads that seed.
 
 The training job's epoch checkpoints add a second format beside the first: Adam's state
-(``save_train_state``/``load_train_state``, optimizer.safetensors + train_state.json), which a resumed run reads
-and the published checkpoint leaves out (``TRAIN_STATE_FILES``).
+and where the loop stood (``TrainState``: the epoch and the dev history so far), written by ``save_train_state`` and
+read by ``load_train_state`` (optimizer.safetensors + train_state.json), which a resumed run reads and the published
+checkpoint leaves out (``TRAIN_STATE_FILES``).
 """
 
 from __future__ import annotations
@@ -277,27 +278,42 @@ def read_model_info(checkpoint: str) -> ModelInfo:
                      ModelAudio.from_meta(meta, config))
 
 
-# ---------------------------------------------------------------- the optimizer's state (epoch checkpoints)
+# ---------------------------------------------------------------- the loop's state (epoch checkpoints)
 
 
-def save_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
-    """Adam's moments as safetensors (keyed by parameter name) and the epoch, beside the checkpoint's weights in
+@dataclass
+class TrainState:
+    """train_state.json: where a seed's loop stood after an epoch, so a resumed run carries on exactly as the
+    uninterrupted run would. Keys an older file lacks get a fresh run's values (below); unknown keys are ignored."""
+
+    epoch: int  # the epoch this checkpoint finished
+    # one JSON-safe dict per epoch so far (epoch, train_loss, dev_loss, dev_*): early stopping's only input
+    history: list = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainState":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+
+def save_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
+    """Adam's moments as safetensors (keyed by parameter name) and ``state``, beside the checkpoint's weights in
     the local folder ``path``."""
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {}
-    for p, state in optimizer.state.items():
-        for key, value in state.items():
+    for p, slots in optimizer.state.items():
+        for key, value in slots.items():
             tensors[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     save_file(tensors, os.path.join(path, TRAIN_STATE_FILES[0]))
-    storage.write_json(os.path.join(path, TRAIN_STATE_FILES[1]), {"epoch": epoch})
+    storage.write_json(os.path.join(path, TRAIN_STATE_FILES[1]), asdict(state))
 
 
-def load_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Restore weights and Adam's state from the local epoch checkpoint ``path``; returns the epoch it finished."""
+def load_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
+    """Restore weights and Adam's state from the local epoch checkpoint ``path``; returns where the loop stood."""
     model.load_state_dict(load_file(os.path.join(path, WEIGHTS)), strict=True)
     params = dict(model.named_parameters())
     for key, value in load_file(os.path.join(path, TRAIN_STATE_FILES[0])).items():
         name, slot = key.split("::")
         p = params[name]
         optimizer.state[p][slot] = value if slot == "step" else value.to(p.device)
-    return int(storage.read_json(os.path.join(path, TRAIN_STATE_FILES[1]))["epoch"])
+    return TrainState.from_dict(storage.read_json(os.path.join(path, TRAIN_STATE_FILES[1])))

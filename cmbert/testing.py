@@ -125,12 +125,15 @@ def make_checkpoint(uri: str, feature_set: str = FEATURES, feature_dim: int = DI
 
 class LocalSession:
     """train_func's view of Ray Train, in-process: one worker on ``device``; each reported checkpoint is copied
-    to a temp folder (unless ``keep_checkpoints`` is False) and ``reports`` holds (metrics, copy or None)."""
+    to a temp folder (unless ``keep_checkpoints`` is False) and ``reports`` holds (metrics, copy or None).
 
-    rank, world_size = 0, 1
+    With ``world_size`` > 1 it is rank ``rank`` of a torch.distributed group the caller has set up (one process
+    per rank): DDP and the broadcast then run as under Ray Train (RaySession's own broadcast)."""
 
-    def __init__(self, rows: dict, resume_from: str | None = None, device: str = "cpu", keep_checkpoints: bool = True):
+    def __init__(self, rows: dict, resume_from: str | None = None, device: str = "cpu", keep_checkpoints: bool = True,
+                 rank: int = 0, world_size: int = 1):
         self._rows, self.resume_from, self._device = rows, resume_from, device
+        self.rank, self.world_size = rank, world_size
         self.out = tempfile.mkdtemp(prefix="cmbert-local-run-") if keep_checkpoints else None
         self.reports = []
 
@@ -143,7 +146,18 @@ class LocalSession:
         return torch.device(self._device)
 
     def prepare(self, model):
-        return model
+        if self.world_size == 1:
+            return model
+        import torch
+
+        return torch.nn.parallel.DistributedDataParallel(model)
+
+    def broadcast(self, value):
+        if self.world_size == 1:
+            return value
+        from cmbert.training import broadcast_from_rank0
+
+        return broadcast_from_rank0(value, self.device())
 
     @contextlib.contextmanager
     def latest_checkpoint(self):

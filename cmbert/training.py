@@ -1,10 +1,11 @@
 """Training CM-BERT: the loop's config, what the loop needs from Ray Train, the loop itself, data statistics.
 
 Read top to bottom: ``TrainLoopConfig`` (one seed's run, as the job builds it and Ray ships it to every worker),
-the ``Session`` protocol (rank, rows, device, DDP, checkpoints, reports: ``RaySession`` under Ray Train, a local
-stand-in in tests and benches), ``train_func`` (forward, MSE loss, backward, Adam step, written out), then the
-audio statistics and names the job derives from the data. No argparse and no Ray at import time: jobs/train.py
-is the wiring. Under ``ray job submit --working-dir .`` the workers import this module from the working dir.
+the ``Session`` protocol (rank, rows, device, DDP, a broadcast, checkpoints, reports: ``RaySession`` under Ray
+Train, a local stand-in in tests and benches), the early-stopping rule, ``train_func`` (forward, MSE loss,
+backward, Adam step, written out), then the audio statistics and names the job derives from the data. No argparse
+and no Ray at import time: jobs/train.py is the wiring. Under ``ray job submit --working-dir .`` the workers
+import this module from the working dir.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cmbert import storage
-from cmbert.checkpoint import CheckpointMeta, load_train_state, save_checkpoint, save_train_state
+from cmbert.checkpoint import CheckpointMeta, TrainState, load_train_state, save_checkpoint, save_train_state
 from cmbert.collate import UtteranceInput, collate, predict_rows
 from cmbert.encoders import MINILM, MPNET
 from cmbert.metrics import json_safe, regression_metrics
@@ -39,7 +40,8 @@ class TrainLoopConfig:
 
     model: CMBertConfig = field(default_factory=CMBertConfig)  # audio_dim, max_len and audio statistics set
     seed: int = 1
-    epochs: int = 3  # paper: 3
+    epochs: int = 12  # at most (paper: 3); early stopping usually ends a seed sooner
+    patience: int = 3  # stop after this many epochs without a lower dev loss; 0: never early (paper: no early stop)
     batch_size: int = 24  # global (paper: 24), split across workers
     lr: float = 2e-5  # Adam, encoder and head
     fusion_lr: float = 1e-3  # Adam, masked multimodal attention (paper: 0.01, which diverges here: see README)
@@ -80,6 +82,8 @@ class Session(Protocol):
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module: ...  # DDP-wrapped when there are workers
 
+    def broadcast(self, value: int) -> int: ...  # rank 0's value on every rank; every rank calls it (a collective)
+
     def latest_checkpoint(self) -> ContextManager[str | None]: ...  # a local folder to resume from, or None
 
     def report(self, metrics: dict, checkpoint_dir: str | None, name: str) -> None: ...
@@ -112,6 +116,9 @@ class RaySession:
 
         return ray.train.torch.prepare_model(model)  # DDP when there are several workers
 
+    def broadcast(self, value: int) -> int:
+        return broadcast_from_rank0(value, self.device())
+
     @contextlib.contextmanager
     def latest_checkpoint(self):
         import ray.train
@@ -130,11 +137,46 @@ class RaySession:
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
 
 
+def broadcast_from_rank0(value: int, device: torch.device) -> int:
+    """Rank 0's ``value`` on every rank of the torch.distributed group (DDP's: Ray Train sets it up, gloo or NCCL,
+    whose tensors live on ``device``); ``value`` itself without a group of several ranks."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+# ---------------------------------------------------------------- early stopping
+
+
+def epochs_without_improvement(history: list[dict]) -> int:
+    """Epochs since the dev loss was last lower (strictly, and finite) than every earlier one; ``history`` is
+    TrainState.history (a non-finite dev loss is None there). All of them when none was finite."""
+    best, waited = math.inf, 0
+    for entry in history:
+        loss = entry.get("dev_loss")
+        if loss is not None and math.isfinite(loss) and loss < best:
+            best, waited = loss, 0
+        else:
+            waited += 1
+    return waited
+
+
+def stops_early(history: list[dict], patience: int) -> bool:
+    """A seed stops once ``patience`` epochs in a row brought no lower dev loss (never when ``patience`` is 0);
+    the published checkpoint is still the lowest-dev-loss epoch (publish_seed)."""
+    return patience > 0 and epochs_without_improvement(history) >= patience
+
+
 # ---------------------------------------------------------------- the training loop
 
 
 def train_func(config: dict, session: Session | None = None) -> None:
-    """One seed: forward, MSE loss, backward, Adam step; dev loss and metrics and a checkpoint every epoch.
+    """One seed: forward, MSE loss, backward, Adam step; dev loss and metrics and a checkpoint every epoch, until
+    ``epochs`` or early stopping (``patience``).
 
     ``config`` is ``TrainLoopConfig.to_dict()`` (what Ray Train ships to the workers)."""
     cfg = TrainLoopConfig.from_dict(config)
@@ -157,10 +199,11 @@ def train_func(config: dict, session: Session | None = None) -> None:
         {"params": groups["fusion"], "lr": cfg.fusion_lr},
     ) if g["params"]])
 
-    start_epoch = 0
+    start_epoch, history = 0, []  # history: one entry per epoch (rank 0's dev metrics), kept in the train state
     with session.latest_checkpoint() as path:
         if path is not None:
-            start_epoch = load_train_state(path, model, optimizer) + 1
+            state = load_train_state(path, model, optimizer)
+            start_epoch, history = state.epoch + 1, state.history
     ddp_model = session.prepare(model)
 
     # Every worker holds the whole (small) training set in one fixed order; each epoch's permutation depends
@@ -173,6 +216,10 @@ def train_func(config: dict, session: Session | None = None) -> None:
     train_rows = [u for u in train_rows if math.isfinite(u.label)]
 
     for epoch in range(start_epoch, cfg.epochs):
+        # Only rank 0 knows the dev losses: its decision, shared, so that every rank leaves DDP at the same epoch
+        # (a resumed run decides from the restored history, as the uninterrupted run did).
+        if session.broadcast(int(stops_early(history, cfg.patience))):
+            break
         torch.manual_seed(seed * 1000 + epoch * 10 + rank)  # dropout masks, reproducible per epoch
         perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
         model.train()
@@ -205,13 +252,18 @@ def train_func(config: dict, session: Session | None = None) -> None:
                 ok = np.isfinite(labels)
                 metrics["dev_loss"] = float(np.mean((preds[ok] - labels[ok]) ** 2)) if ok.any() else math.nan
                 metrics |= {f"dev_{k}": v for k, v in regression_metrics(preds, labels).items()}
+                history.append(json_safe({k: v for k, v in metrics.items()
+                                          if k in ("epoch", "train_loss") or k.startswith("dev_")}))
+                # the whole history in every report: Ray Train's Result keeps the last report's (publish_seed)
+                metrics |= {"history": list(history),
+                            "early_stop": epoch + 1 < cfg.epochs and stops_early(history, cfg.patience)}
                 checkpoint_dir = scratch
                 save_checkpoint(model, tokenizer, model_cfg, checkpoint_dir, CheckpointMeta(
                     feature_set=cfg.feature_set, feature_dim=cfg.feature_dim, model_id=cfg.model_id, seed=seed,
                     epoch=epoch, missing_audio=cfg.missing_audio,
                     metrics=json_safe({k: v for k, v in metrics.items() if k.startswith("dev_")}),
                     run_id=cfg.run_id, code_version=cfg.code_version, train_config=cfg.train_config))
-                save_train_state(checkpoint_dir, model, optimizer, epoch)
+                save_train_state(checkpoint_dir, model, optimizer, TrainState(epoch, history))
             session.report(metrics, checkpoint_dir, name=f"epoch-{epoch:03d}")
 
 
@@ -259,7 +311,8 @@ def default_model_id(model: CMBertConfig) -> str:
 
 def publish_seed(result, out: storage.Location, seed: int) -> dict:
     """The seed's epoch with the lowest finite dev loss (Ray Train's kept checkpoint) published as OUT/seed-N
-    (without the optimizer state); its summary entry."""
+    (without the optimizer state); its summary entry: the best epoch's dev metrics, how many epochs ran, whether
+    early stopping ended the seed, and the per-epoch dev history (from the last report)."""
     from cmbert.checkpoint import TRAIN_STATE_FILES, publish_checkpoint, read_meta
 
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if math.isfinite(m.get("dev_loss") or math.nan)]
@@ -268,10 +321,13 @@ def publish_seed(result, out: storage.Location, seed: int) -> dict:
     ckpt, best = min(scored, key=lambda cm: cm[1]["dev_loss"])
     dest = out.join(f"seed-{seed}").uri
     publish_checkpoint(storage.Location(ckpt.filesystem, ckpt.path, ckpt.path), dest, skip=TRAIN_STATE_FILES)
+    last = result.metrics or best
     return {"seed": seed, "checkpoint": f"seed-{seed}", "best_epoch": best["epoch"],
             "model_version": read_meta(dest).model_version, "train_rows_per_s": best["train_rows_per_s"],
             # the last epoch's (past the first steps' warm-up): what bench/bench_train.py quotes
-            "train_rows_per_s_last_epoch": (result.metrics or {}).get("train_rows_per_s"),
+            "train_rows_per_s_last_epoch": last.get("train_rows_per_s"),
+            "epochs_run": last["epoch"] + 1, "stopped_early": bool(last.get("early_stop")),
+            "history": last.get("history", []),
             "dev": {k[4:]: v for k, v in best.items() if k.startswith("dev_")}}
 
 

@@ -1,18 +1,21 @@
 """Train: utterances -> CM-BERT checkpoints (Ray Train, DDP), one per seed, plus a summary over seeds.
 
     python jobs/train.py --train URI --dev URI --output DIR_OR_S3_URI [--encoder mpnet|minilm|PATH] [--fusion cmbert|none]
-        [--cls-audio mean|zero] [--audio-values|--no-audio-values] [--seeds N] [--epochs 3] [--workers N] [--gpu]
-        [--precision fp32|bf16] [--batch-size 24] [--max-len 50] [--lr 2e-5] [--fusion-lr 1e-3] [--label-column label]
+        [--cls-audio mean|zero] [--audio-values|--no-audio-values] [--seeds N] [--epochs 12] [--patience 3]
+        [--workers N] [--gpu] [--precision fp32|bf16] [--batch-size 24] [--max-len 50] [--lr 2e-5] [--fusion-lr 1e-3]
+        [--label-column label]
 
 Defaults train our hearing variant (audio at [CLS] and in the fusion attention's values); the paper's CM-BERT,
-whose score cannot depend on the audio, is ``--cls-audio zero --no-audio-values --fusion-lr 0.01``. Each option's
-default lives in one place: the model's in ``cmbert.model.CMBertConfig``, the loop's in
-``cmbert.training.TrainLoopConfig`` (the loop itself, ``train_func``, is there too); this file is the wiring.
+whose score cannot depend on the audio, is ``--cls-audio zero --no-audio-values --fusion-lr 0.01``, and the
+paper's schedule, 3 epochs without early stopping, is ``--epochs 3 --patience 0``. Each option's default lives in
+one place: the model's in ``cmbert.model.CMBertConfig``, the loop's in ``cmbert.training.TrainLoopConfig`` (the
+loop itself, ``train_func``, is there too); this file is the wiring.
 
 OUTPUT gets seed-N/ (the epoch with the lowest dev loss of each seed), meta.json (names the best seed, so
-OUTPUT itself loads with cmbert.checkpoint.load_checkpoint), summary.json (dev metrics per seed, mean and
-std), runs/ (one RUNS_SCHEMA row) and _ray/ (Ray Train's per-epoch checkpoints: a killed run started again
-with the same OUTPUT resumes each seed from its last finished epoch).
+OUTPUT itself loads with cmbert.checkpoint.load_checkpoint), summary.json (per seed: the best epoch's dev
+metrics, the epochs run, whether early stopping ended it, the per-epoch dev history; mean and std over seeds),
+runs/ (one RUNS_SCHEMA row) and _ray/ (Ray Train's per-epoch checkpoints: a killed run started again with the
+same OUTPUT resumes each seed from its last finished epoch, early-stopping count included).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from cmbert.training import (TrainLoopConfig, audio_stats, default_model_id, fea
 
 @dataclass
 class TrainConfig:
-    """Utterances -> CM-BERT checkpoints (paper defaults: batch 24, max len 50, 3 epochs, Adam, MSE)."""
+    """Utterances -> CM-BERT checkpoints (paper: batch 24, max len 50, Adam, MSE, 3 epochs; here up to --epochs
+    with early stopping on dev loss)."""
 
     train: str = field(metadata={"help": "utterances dataset (folder or s3:// URI) to train on"})
     dev: str = field(metadata={"help": "utterances dataset for model selection (lowest dev loss)"})
@@ -55,7 +59,9 @@ class TrainConfig:
     audio_values: bool = option(CMBertConfig, "audio_values", help="ours: the fusion attention's values carry the "
                                                                     "word audio too, so the voice reaches the score")
     seeds: int = field(default=1, metadata={"help": "train this many seeds (1, 11, 111, ... as the authors)"})
-    epochs: int = option(TrainLoopConfig, "epochs", help="passes over the training set")
+    epochs: int = option(TrainLoopConfig, "epochs", help="passes over the training set, at most (paper: 3)")
+    patience: int = option(TrainLoopConfig, "patience", help="stop a seed after this many epochs in a row without a "
+                                                             "lower dev loss; 0 = run all --epochs (the paper)")
     workers: int = field(default=1, metadata={"help": "Ray Train DDP workers"})
     gpu: bool = field(default=False, metadata={"help": "one GPU per worker (NCCL); else CPU (gloo)"})
     batch_size: int = option(TrainLoopConfig, "batch_size", help="global batch size, split across workers")
@@ -84,6 +90,8 @@ def run(cfg: TrainConfig) -> dict:
     resolve_encoder(cfg.encoder)  # EncoderMissing here is one line, not a traceback inside every Ray worker
     if cfg.batch_size % cfg.workers:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of --workers {cfg.workers}")
+    if cfg.patience < 0:
+        raise ConfigError(f"--patience {cfg.patience}: 0 (never stop early) or more epochs")
     run_id, started = new_run_id("train"), utc_now()
     out = storage.locate(cfg.output)
     train_table, n_unlabelled = read_utterances(cfg.train, cfg.label_column)
@@ -130,7 +138,8 @@ def run(cfg: TrainConfig) -> dict:
             ).fit()
             runs.append(publish_seed(result, out, seed))
             best = runs[-1]
-            print(f"seed {seed}: best epoch {best['best_epoch']} dev_loss {best['dev']['loss']:.4f}", flush=True)
+            ran = f"{best['epochs_run']} epochs" + (" (stopped early)" if best["stopped_early"] else "")
+            print(f"seed {seed}: best epoch {best['best_epoch']} dev_loss {best['dev']['loss']:.4f}; {ran}", flush=True)
 
         best_run = min(runs, key=lambda r: r["dev"]["loss"])
         summary = {"run_id": run_id, "model_id": loop.model_id, "feature_set": feature_set, "feature_dim": feature_dim,

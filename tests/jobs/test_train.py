@@ -80,6 +80,10 @@ def test_train_job_with_ray_then_evaluate(ray_local, dataset, tmp_path):
                        "--cls-audio", "mean"]) == 0
     summary = storage.read_json(os.path.join(out, "summary.json"))
     assert summary["feature_set"] == "gen" and summary["feature_dim"] == 4
+    seed = summary["seeds"][0]  # how the seed's training went, from Ray Train's Result (the last report)
+    assert seed["epochs_run"] == 1 and seed["stopped_early"] is False
+    assert [h["epoch"] for h in seed["history"]] == [0] and seed["history"][0]["dev_loss"] == seed["dev"]["loss"]
+    assert "dev_non0_acc2" in seed["history"][0]
     assert os.path.exists(os.path.join(out, "summary.json")) and os.listdir(os.path.join(out, "runs"))
     lm = load_checkpoint(out)  # the top level loads the best seed
     assert lm.meta.feature_set == "gen" and lm.config.audio_dim == 4 and lm.meta.model_id
