@@ -18,6 +18,8 @@ from schemas import RUNS_SCHEMA, SCORES_SCHEMA
 
 pytestmark = pytest.mark.slow
 
+NEXT_DATE = (dt.date.fromisoformat(SCORE_DATE) + dt.timedelta(days=1)).isoformat()  # a later night's run
+
 def run_score(ckpt: str, data: str, out: str, *extra: str) -> int:
     return score_job.main(["--checkpoint", ckpt, "--input", data, "--output", out, "--actors", "1",
                            "--batch-size", "8", "--sort-window", "2", "--score-date", SCORE_DATE, *extra])
@@ -84,13 +86,18 @@ def test_local_exactly_once_and_incremental(ray_local, checkpoint, tmp_path, mon
     assert run_score(ckpt, data, out) == 0
     assert read_scores(out).num_rows == 18
 
-    # new utterances (and a re-published old one): only the new ones are scored
+    # the next day, new utterances (and a re-published old one): only the new ones are scored, under that day's
+    # date (what the nightly chain relies on: what an earlier night scored is skipped whatever its date)
     more = scoring_rows(6, start=20)
     write_utterances(data, more + first[:1])
-    assert run_score(ckpt, data, out) == 0
+    assert run_score(ckpt, data, out, "--score-date", NEXT_DATE) == 0
     scores = read_scores(out)
     assert scores.num_rows == 24
     assert len(set(scores.column("utterance_id").to_pylist())) == 24
+    by_date = {}
+    for uid, day in zip(scores.column("utterance_id").to_pylist(), scores.column("score_date").to_pylist()):
+        by_date.setdefault(day, set()).add(uid)
+    assert by_date == {SCORE_DATE: {r["utterance_id"] for r in first}, NEXT_DATE: {r["utterance_id"] for r in more}}
     runs = read_runs(out)
     assert [r["status"] for r in runs] == ["failed", "succeeded", "succeeded", "succeeded"]
     assert [(r["n_input"], r["n_output"], r["n_skipped"], r["n_rejected"]) for r in runs[1:]] == [
