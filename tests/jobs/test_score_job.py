@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 NEXT_DATE = (dt.date.fromisoformat(SCORE_DATE) + dt.timedelta(days=1)).isoformat()  # a later night's run
 
+
 def run_score(ckpt: str, data: str, out: str, *extra: str) -> int:
     return score_job.main(["--checkpoint", ckpt, "--input", data, "--output", out, "--actors", "1",
                            "--batch-size", "8", "--sort-window", "2", "--score-date", SCORE_DATE, *extra])
