@@ -27,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
-ORDER = ("preprocess", "train", "score", "memory", "driver", "gpu", "diarize", "scale")  # scale reads the others' JSONs: last
+ORDER = ("preprocess", "train", "score", "memory", "driver", "gpu", "diarize", "delta",
+         "scale")  # scale reads the others' JSONs: last
 QUALITY = ("mosi", "ravdess")  # accuracy, not cost (MOSI: up to 2 h on 2 cores): only with --quality or --only
 
 
@@ -109,6 +110,17 @@ HEADLINES: dict[str, list[Figure]] = {
         Figure("score: driver CPU per 1,000 utterances (steady)", "score/steady/driver_cpu_s_per_1000_utterances", " s", 3),
         Figure("score: driver CPU / workers' CPU (steady)", "score/steady/driver_over_cluster_cpu_pct", " %", 3),
         Figure("score: driver peak RSS 4x / 1x", "score/steady/driver_rss_4x_over_1x", "x", 2),
+    ],
+    "delta": [  # bench_delta.py: skips (leaving the last JSON) without the delta extra
+        Figure("score, 16k rows: ours wall (append)", "a_score_one_commit/16000/ours/append/wall_s", " s", 2),
+        Figure("score, 16k rows: write_delta wall (append)", "a_score_one_commit/16000/delta/append/wall_s", " s", 2),
+        Figure("score, 16k rows: ours commit (append)", "a_score_one_commit/16000/ours/append/commit_s", " s", 3),
+        Figure("score, 16k rows: Delta commit (append)", "a_score_one_commit/16000/delta/append/commit_s", " s", 3),
+        Figure("per batch: ours publish (median)", "b_preprocess_publish_as_you_go/ours_publish_as_you_go/latency_median_s",
+               " s", 3),
+        Figure("per batch: Delta commit (median)", "b_preprocess_publish_as_you_go/delta_commit_per_batch/latency_median_s",
+               " s", 3),
+        Figure("killed write task: Delta rows / distinct ids", "c_exactly_once/delta_killed_task/rows", digits=0),
     ],
     "ravdess": [
         Figure("dev majority rate (non0)", "dev_majority/rate", digits=3),

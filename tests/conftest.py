@@ -9,7 +9,6 @@ import atexit
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -26,8 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads a
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 from tests.helpers import SHARED_DATA  # noqa: E402  (after the environment above)
-from tests.helpers.s3 import (S3_START_TIMEOUT_S, S3Server, _start_weed, _stop_group,  # noqa: E402
-                              _wait_ready, weed_binary)
+from tests.helpers.s3 import S3Server, _stop_group, start, weed_binary  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -39,15 +37,9 @@ def s3_server():
     workdir = Path(tempfile.mkdtemp(prefix="cmbert-s3-"))
     server = S3Server(endpoint="", access_key=f"AKTEST{uuid.uuid4().hex[:14].upper()}",
                       secret_key=f"sk-{uuid.uuid4().hex}")
-    proc = None
-    why = None
-    for _ in range(3):  # a port picked as free can be taken before weed binds it: try again on new ports
-        proc = _start_weed(binary, workdir, server)
+    proc, why = start(binary, workdir, server)
+    if proc is not None:
         atexit.register(_stop_group, proc)
-        why = _wait_ready(proc, server, time.monotonic() + S3_START_TIMEOUT_S)
-        if why is None:
-            break
-        _stop_group(proc)
     if why is not None:
         tail = (workdir / "weed.log").read_text(errors="replace").splitlines()[-20:]
         shutil.rmtree(workdir, ignore_errors=True)

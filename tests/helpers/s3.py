@@ -1,6 +1,7 @@
 """A real S3-protocol server (SeaweedFS ``weed server -s3``) on 127.0.0.1: start, probe, stop.
 
-Used by the ``s3_server`` fixture (tests/conftest.py) and by the fault tests that stop and restart a private one.
+Used by the ``s3_server`` fixture (tests/conftest.py), by the fault tests that stop and restart a private one,
+and by bench/bench_delta.py.
 """
 
 from __future__ import annotations
@@ -161,3 +162,17 @@ def _wait_ready(proc: subprocess.Popen, server: S3Server, deadline: float) -> st
             last = str(exc).splitlines()[0]
         time.sleep(0.3)
     return f"not ready after {S3_START_TIMEOUT_S:.0f} s: {last}"
+
+
+def start(binary: str, workdir: Path, server: S3Server, timeout_s: float = S3_START_TIMEOUT_S
+          ) -> tuple[subprocess.Popen | None, str | None]:
+    """Start weed for ``server`` (its endpoint is set) and wait until it answers: (the process, None), or
+    (None, why not). A port picked as free can be taken before weed binds it: up to three tries on new ports."""
+    why = None
+    for _ in range(3):
+        proc = _start_weed(binary, workdir, server)
+        why = _wait_ready(proc, server, time.monotonic() + timeout_s)
+        if why is None:
+            return proc, None
+        _stop_group(proc)
+    return None, why

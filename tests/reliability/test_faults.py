@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from cmbert.testing import (SCORE_DATE, LocalSession, make_checkpoint, scoring_r
 from jobs import preprocess
 from jobs import score as score_job
 from schemas import REJECTS_SCHEMA, RUNS_SCHEMA, SCORES_SCHEMA, UTTERANCES_SCHEMA
-from tests.helpers.s3 import S3Server, _start_weed, _stop_group, _wait_ready, weed_binary
+from tests.helpers.s3 import S3Server, _stop_group, start, weed_binary
 
 SCORE_FLAGS = ["--actors", "1", "--batch-size", "8", "--sort-window", "2", "--score-date", SCORE_DATE]
 
@@ -158,12 +157,7 @@ class PrivateS3:
 
     def start(self, monkeypatch=None) -> None:
         """Start (again), and point the AWS environment at it when given a monkeypatch."""
-        for _ in range(3):  # a port picked as free can be taken before weed binds it
-            self.proc = _start_weed(self.binary, self.workdir, self.server)
-            why = _wait_ready(self.proc, self.server, time.monotonic() + 60)
-            if why is None:
-                break
-            _stop_group(self.proc)
+        self.proc, why = start(self.binary, self.workdir, self.server, timeout_s=60)
         assert why is None, why
         if monkeypatch is not None:
             self.point_env(monkeypatch)
