@@ -8,7 +8,6 @@ work already done (by content-hash task id), so they add no duplicates and pick 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 try:
@@ -78,7 +77,7 @@ def run(cfg: PreprocessConfig) -> Tally:
     publisher.tally.items = len(tasks) + len(early)
     try:
         if tasks or early:
-            incremental.drain(pipeline(cfg, tasks, early, targets, run_id, started), publisher, progress)
+            incremental.drain(pipeline(cfg, tasks, early, targets, run_id, started), publisher, line)
         publisher.commit()
     except BaseException as exc:
         publisher.discard()
@@ -96,16 +95,6 @@ def run(cfg: PreprocessConfig) -> Tally:
     return tally
 
 
-_last_print = [0.0]
-
-
-def progress(tally: Tally) -> None:
-    now = time.monotonic()
-    if now - _last_print[0] > 5:
-        print(line(tally), flush=True)
-        _last_print[0] = now
-
-
 def pipeline(cfg: PreprocessConfig, tasks: list, early: list, targets, run_id: str, started):
     """The Ray Data plan: name every task by its content, drop those done (a distributed group by task id against
     the output's task ids), process the rest in an actor pool whose workers write their own files."""
@@ -117,7 +106,6 @@ def pipeline(cfg: PreprocessConfig, tasks: list, early: list, targets, run_id: s
     storage.require_shared(cfg.output)  # before any work: a cluster's nodes must all see a local output path
     pool = _wiring.actor_pool(gpu=cfg.gpu, actors=cfg.actors, env_vars=worker_runtime_env().get("env_vars"))
     env = {"runtime_env": pool["runtime_env"]} if "runtime_env" in pool else {}
-    ray.data.DataContext.get_current().enable_progress_bars = False  # we print our own progress line
     source = storage.locate(cfg.input) if cfg.input else None  # workers read through the driver's filesystem
     plan = task_table(tasks, early)
     blocks = max(1, min(plan.num_rows // max(cfg.clips_per_batch, 1), 200))
