@@ -25,6 +25,10 @@ from cmbert.stages import ClipWriter, done_keys, identify_tasks, task_table
 from schemas import CLIP_TASK_SCHEMA, REJECTS_SCHEMA, UTTERANCES_SCHEMA
 
 CLIP = ClipParams()  # the defaults of the clip options: the fields below named as ClipParams fields are those
+# The default batch: every worker gets BATCHES_PER_WORKER batches or more (the last ones finish together), and a
+# big run gets big batches: the driver spends ~5 ms of CPU per batch (bench/profile_driver.py pool), 1% of the
+# workers' CPU for a batch of 4 short clips (RAVDESS: 0.14 CPU-s each), 0.1% for 40 of them.
+BATCHES_PER_WORKER, MIN_CLIPS_PER_BATCH, MAX_CLIPS_PER_BATCH = 4, 4, 64
 
 
 @dataclass
@@ -53,8 +57,9 @@ class PreprocessConfig:
     max_clip_seconds: float = field(default=CLIP.max_clip_seconds, metadata={"help": "longer clips are rejected"})
     actors: int | None = field(default=None, metadata={"help": "clip workers (default: one per CPU / GPU)"})
     gpu: bool = field(default=CLIP.gpu, metadata={"help": "give each worker a GPU (ASR, speaker embeddings)"})
-    clips_per_batch: int = field(default=4, metadata={"help": "clips per worker batch and per published file "
-                                                                "(a slow clip holds at most this many)"})
+    clips_per_batch: int | None = field(default=None, metadata={
+        "help": "clips per worker batch and per published file (a slow clip holds at most this many; default: "
+                f"the clips / ({BATCHES_PER_WORKER} x workers), {MIN_CLIPS_PER_BATCH} to {MAX_CLIPS_PER_BATCH})"})
     retry_rejects: bool = field(default=False, metadata={"help": "process again the tasks earlier runs rejected"})
 
 
@@ -108,7 +113,8 @@ def pipeline(cfg: PreprocessConfig, tasks: list, early: list, targets, run_id: s
     env = {"runtime_env": pool["runtime_env"]} if "runtime_env" in pool else {}
     source = storage.locate(cfg.input) if cfg.input else None  # workers read through the driver's filesystem
     plan = task_table(tasks, early)
-    blocks = max(1, min(plan.num_rows // max(cfg.clips_per_batch, 1), 200))
+    per_batch = clips_per_batch(cfg, plan.num_rows, pool["compute"].max_size)
+    blocks = max(1, min(plan.num_rows // per_batch, 200))
     step = -(-plan.num_rows // blocks)  # ceil: `blocks` blocks
     named = ray.data.from_arrow([plan.slice(i, step) for i in range(0, plan.num_rows, step)]).map_batches(
         identify_tasks, fn_kwargs={"input": source}, batch_format="pyarrow", batch_size=None,
@@ -119,10 +125,16 @@ def pipeline(cfg: PreprocessConfig, tasks: list, early: list, targets, run_id: s
                                partitions=blocks).materialize()
     utterances, rejects = targets
     return todo.map_batches(
-        ClipWriter, batch_size=cfg.clips_per_batch, batch_format="pyarrow", **pool,
+        ClipWriter, batch_size=per_batch, batch_format="pyarrow", **pool,
         fn_constructor_kwargs={"stage_kwargs": {"input": source, "params": ClipParams.from_config(cfg),
                                                 "run_id": run_id, "created_at": started},
                                "utterances": utterances, "rejects": rejects})
+
+
+def clips_per_batch(cfg: PreprocessConfig, clips: int, workers: int) -> int:
+    if cfg.clips_per_batch:
+        return max(cfg.clips_per_batch, 1)
+    return max(MIN_CLIPS_PER_BATCH, min(MAX_CLIPS_PER_BATCH, clips // (BATCHES_PER_WORKER * max(workers, 1))))
 
 
 def report(cfg: PreprocessConfig, tally: Tally) -> None:
