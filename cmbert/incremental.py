@@ -118,10 +118,15 @@ FILE_TASK_SCHEMA = pa.schema([("path", pa.string()), ("ids", pa.list_(pa.string(
 
 def by_file(plan, key: str, path: str, partitions: int):
     """``pending(..., keep_done=True)`` rows grouped by input file: one row per file with the keys to do in it
-    (``ids``) and how many of its keys were done (``n_done``). Workers then read each file once."""
+    (``ids``) and how many of its keys were done (``n_done``), in ``partitions`` blocks. Workers then read each
+    file once.
+
+    The group by hands its small output back as one block, and an actor pool runs one block as one task: without
+    the split, every file of a run went to one actor (bench/profile_driver.py: 16 files, one task, one result
+    block at the end), the other actors idle and the job's progress line silent until the end."""
     data_context()
     return plan.groupby(path, num_partitions=partitions).map_groups(partial(_file_task, key=key, path=path),
-                                                                batch_format="pyarrow")
+                                                                batch_format="pyarrow").repartition(partitions)
 
 
 def _file_task(group: pa.Table, key: str, path: str) -> pa.Table:
