@@ -134,16 +134,18 @@ def job_model(fig: dict, fixed: dict, repeat: int) -> dict:
     """driver CPU = fixed x wall + variable x utterances, with ``fixed`` from the executor model: the variable
     part from the 4x - 1x difference; the ratio it implies at other cluster sizes (workers' CPU per utterance
     as measured here, one actor per core)."""
+    repeat = max(int(k[len("corpus_"):-1]) for k in fig if k.startswith("corpus_"))  # a merged job's own
     small, big = fig["corpus_1x"], fig[f"corpus_{repeat}x"]
     du = big["utterances"] - small["utterances"]
     d, c = big["driver_cpu_s"] - small["driver_cpu_s"], big["cluster_cpu_s"] - small["cluster_cpu_s"]
     wall = big["wall_s"] - small["wall_s"]
-    variable = (d - fixed["fixed_cpu_s_per_s"] * wall) / du  # driver CPU-s per utterance
+    # driver CPU-s per utterance; below the noise of one run's start-up (about +-0.5 CPU-s here) it reads <= 0
+    variable = max(0.0, (d - fixed["fixed_cpu_s_per_s"] * wall) / du)
     worker = c / du  # workers' CPU-s per utterance
     ratio = {n: round(100 * (fixed_at(fixed, n) / n + variable / worker), 3) for n in WORKER_CORES}
     # one driver core is saturated at fixed(n) + n x variable / worker = 1
     cores = next((n for n in range(2, 100_001) if fixed_at(fixed, n) + n * variable / worker >= 1.0), None)
-    return {"fixed_cpu_s_per_s": fixed["fixed_cpu_s_per_s"],
+    return {"fixed_cpu_s_per_s": fixed["fixed_cpu_s_per_s"], "variable_below_noise": d <= fixed["fixed_cpu_s_per_s"] * wall,
             "variable_driver_cpu_s_per_1000_utterances": round(1000 * variable, 3),
             "worker_cpu_s_per_1000_utterances": round(1000 * worker, 2),
             "driver_over_worker_cpu_pct_at_worker_cores": ratio,
