@@ -26,8 +26,8 @@ from schemas import CLIP_TASK_SCHEMA, REJECTS_SCHEMA, UTTERANCES_SCHEMA
 
 CLIP = ClipParams()  # the defaults of the clip options: the fields below named as ClipParams fields are those
 # The default batch: every worker gets BATCHES_PER_WORKER batches or more (the last ones finish together), and a
-# big run gets big batches: the driver spends ~5 ms of CPU per batch (bench/profile_driver.py pool), 1% of the
-# workers' CPU for a batch of 4 short clips (RAVDESS: 0.14 CPU-s each), 0.1% for 40 of them.
+# big run gets big batches: the driver spends ~5 ms of CPU per batch (bench/profile_driver.py pool), 2.4% of the
+# workers' CPU for a batch of 4 short clips (RAVDESS: ~0.05 worker CPU-s each, bench_driver.py), 0.15% for 64.
 BATCHES_PER_WORKER, MIN_CLIPS_PER_BATCH, MAX_CLIPS_PER_BATCH = 4, 4, 64
 
 
