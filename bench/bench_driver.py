@@ -1,7 +1,7 @@
 """What the driver costs: driver CPU per 1,000 utterances, driver CPU / cluster CPU, driver peak RSS; 1x and 4x.
 
     python bench/bench_driver.py [--code DIR] [--label after] [--clips 12] [--rows 2000] [--repeat 4]
-                                 [--skip-preprocess] [--skip-score]
+                                 [--encoder minilm] [--skip-preprocess] [--skip-score]
 
 Each job runs as its own process (``python jobs/<job>.py``, job defaults, its own local Ray) from ``--code`` (a
 checkout: this tree by default; ``git worktree add --detach /tmp/cmbert-main main`` for the code before the
@@ -12,13 +12,15 @@ The driver is the job's own process; "cluster" is all its descendants (Ray GCS, 
 Steady state is the difference between the 4x and the 1x corpus (the same work repeated: start-up, model loads
 and planning overheads cancel): driver CPU per 1,000 utterances = (D4 - D1) / (U4 - U1) * 1000 and the ratio
 (D4 - D1) / (C4 - C1). Corpora are bench_memory.py's (RAVDESS dev clips; synthetic utterances for score, scored
-by bench_score.py's checkpoint). Target: ratio <= 0.5% for both jobs; driver peak RSS 4x within 20% of 1x.
+by bench_score.py's checkpoint on ``--encoder``, MiniLM by default). Target: ratio <= 0.5% for both jobs; driver peak RSS 4x within 20% of 1x.
 Writes bench/results/driver.json (``--label after``, the default) or driver-<label>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +31,7 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_memory import _tree, preprocess_corpus, score_corpus  # noqa: E402
-from common import REPO, SHARED_DATA, run_sampled, write_result  # noqa: E402
+from common import REPO, RESULTS, SHARED_DATA, run_sampled, write_result  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
@@ -98,56 +100,146 @@ def utterances(out: str) -> int:
     return pads.dataset(f"{out}/utterances", format="parquet").count_rows()
 
 
+WORKER_CORES = (2, 16, 64, 1600)  # the model's ratio at these cluster sizes (one actor per worker core)
+
+
+def executor_model(work: str) -> dict:
+    """``profile_driver.py pool`` (this tree, the jobs' Ray Data settings): the streaming
+    executor's fixed driver CPU per second (2 and 8 actors) and its driver CPU per task."""
+    out = f"{work}/pool.json"
+    cmd = [sys.executable, str(REPO / "bench" / "profile_driver.py"), "pool", "--contexts", "jobs", "--out", out]
+    subprocess.run(cmd, cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)), check=True,
+                   stdout=open(f"{work}/pool.log", "w"), stderr=subprocess.STDOUT)
+
+    pool = json.loads(open(out).read())
+    model = {}
+    for context, m in pool["model"].items():
+        by = {r["scenario"]: r for r in pool["runs"] if r["context"] == context}
+        m = dict(m)
+        if "slow8" in by:  # the fixed part with 8 actors: the per-second cost of a bigger pool
+            r = by["slow8"]
+            m["fixed_cpu_s_per_s_8_actors"] = round(r["cpu_s_per_s"] - m["per_task_cpu_ms"] / 1000 * r["tasks_per_s"], 4)
+        model[context] = m
+    return {"model": model, "runs": pool["runs"]}
+
+
+def fixed_at(model: dict, actors: int) -> float:
+    """The fixed driver CPU-s/s with ``actors`` pool actors: linear through the 2- and 8-actor figures."""
+    f2 = model["fixed_cpu_s_per_s"]
+    f8 = model.get("fixed_cpu_s_per_s_8_actors", f2)
+    return max(f2, f2 + (f8 - f2) * (actors - 2) / 6)
+
+
+def job_model(fig: dict, fixed: dict, repeat: int) -> dict:
+    """driver CPU = fixed x wall + variable x utterances, with ``fixed`` from the executor model: the variable
+    part from the 4x - 1x difference; the ratio it implies at other cluster sizes (workers' CPU per utterance
+    as measured here, one actor per core)."""
+    repeat = max(int(k[len("corpus_"):-1]) for k in fig if k.startswith("corpus_"))  # a merged job's own
+    small, big = fig["corpus_1x"], fig[f"corpus_{repeat}x"]
+    du = big["utterances"] - small["utterances"]
+    d, c = big["driver_cpu_s"] - small["driver_cpu_s"], big["cluster_cpu_s"] - small["cluster_cpu_s"]
+    wall = big["wall_s"] - small["wall_s"]
+    # driver CPU-s per utterance; below the noise of one run's start-up (about +-0.5 CPU-s here) it reads <= 0
+    variable = max(0.0, (d - fixed["fixed_cpu_s_per_s"] * wall) / du)
+    worker = c / du  # workers' CPU-s per utterance
+    ratio = {n: round(100 * (fixed_at(fixed, n) / n + variable / worker), 3) for n in WORKER_CORES}
+    # one driver core is saturated at fixed(n) + n x variable / worker = 1
+    cores = next((n for n in range(2, 100_001) if fixed_at(fixed, n) + n * variable / worker >= 1.0), None)
+    return {"fixed_cpu_s_per_s": fixed["fixed_cpu_s_per_s"], "variable_below_noise": d <= fixed["fixed_cpu_s_per_s"] * wall,
+            "variable_driver_cpu_s_per_1000_utterances": round(1000 * variable, 3),
+            "worker_cpu_s_per_1000_utterances": round(1000 * worker, 2),
+            "driver_over_worker_cpu_pct_at_worker_cores": ratio,
+            "max_worker_cores_per_driver": cores}
+
+
+def run_jobs(code: str, work: str, args) -> dict:
+    py = sys.executable
+    sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=code, capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=code, capture_output=True,
+                           text=True).stdout.strip()
+    figures: dict = {"code": code, "code_sha": sha + ("+dirty" if dirty else ""), "repeat": args.repeat}
+    tag = hashlib.sha256(code.encode()).hexdigest()[:8]
+    if not args.skip_preprocess and (SHARED_DATA / "ravdess" / "manifest.csv").exists():
+        fig = {"clips": args.clips}
+        for repeat in (1, args.repeat):
+            clips = f"{work}/clips-{repeat}"
+            manifest = f"{clips}/manifest.csv"
+            if not os.path.exists(manifest):
+                preprocess_corpus(clips, args.clips, repeat)
+            out = f"{work}/pre-{tag}-{repeat}"
+            cmd = [py, "jobs/preprocess.py", "--input", clips, "--manifest", manifest, "--output", out]
+            fig[f"corpus_{repeat}x"] = measure(cmd, code, f"{out}.log") | {"utterances": utterances(out)}
+            print(f"[bench] {code} preprocess {repeat}x: {fig[f'corpus_{repeat}x']}", flush=True)
+        fig["steady"] = steady(fig["corpus_1x"], fig[f"corpus_{args.repeat}x"], fig["corpus_1x"]["utterances"],
+                               fig[f"corpus_{args.repeat}x"]["utterances"])
+        figures["preprocess"] = fig
+    if not args.skip_score:
+        fig = {"rows": args.rows, "encoder": args.encoder}
+        for repeat in (1, args.repeat):
+            if not os.path.exists(f"{work}/utt-{repeat}"):
+                score_corpus(f"{work}/utt-{repeat}", args.rows, repeat)
+            out = f"{work}/scores-{tag}-{repeat}"
+            cmd = [py, "jobs/score.py", "--checkpoint", f"{work}/checkpoint", "--input", f"{work}/utt-{repeat}",
+                   "--output", out, "--score-date", "2024-01-02"]
+            fig[f"corpus_{repeat}x"] = measure(cmd, code, f"{out}.log") | {"utterances": args.rows * repeat}
+            print(f"[bench] {code} score {repeat}x: {fig[f'corpus_{repeat}x']}", flush=True)
+        fig["steady"] = steady(fig["corpus_1x"], fig[f"corpus_{args.repeat}x"], args.rows, args.rows * args.repeat)
+        figures["score"] = fig
+    return figures
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--code", default=str(REPO))
+    ap.add_argument("--before", help="a checkout of the code before the change: measured in the same run, "
+                    "written as driver-before.json")
     ap.add_argument("--label", default="after")
     ap.add_argument("--clips", type=int, default=12)
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=4)
+    ap.add_argument("--encoder", default="minilm", help="the score checkpoint's encoder: MiniLM, the cheapest "
+                    "worker per utterance, so the driver's share is the largest (the earlier figures' encoder)")
     ap.add_argument("--skip-preprocess", action="store_true")
     ap.add_argument("--skip-score", action="store_true")
+    ap.add_argument("--skip-model", action="store_true", help="no executor model (profile_driver.py pool)")
+    ap.add_argument("--merge", action="store_true", help="keep the figures this run skips (a job, the model) "
+                    "from the result files already written (one job per run fits a 10-minute slot)")
     args = ap.parse_args()
-    py = sys.executable
-    sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=args.code, capture_output=True,
-                         text=True).stdout.strip()
-    figures: dict = {"code": args.code, "code_sha": sha, "repeat": args.repeat}
+    notes = ("CPU seconds from /proc/PID/stat (utime+stime, max seen per process, sampled every 0.2 s) of the job's "
+             "process (driver) and its descendants (Ray GCS, raylet, workers: 'cluster'). steady = 4x minus 1x "
+             "(start-up cancels). model: driver CPU = fixed x wall + variable x utterances, fixed from "
+             "profile_driver.py pool (the executor draining sleeping actors), variable from steady; the ratio "
+             "at N worker cores = fixed(N actors)/N + variable/workers' CPU per utterance. Measured on the "
+             "shared 2-core machine, under flock.")
     work = tempfile.mkdtemp(prefix="cmbert-bench-driver-")
     try:
-        if not args.skip_preprocess and (SHARED_DATA / "ravdess" / "manifest.csv").exists():
-            fig = {"clips": args.clips}
-            n = {}
-            for repeat in (1, args.repeat):
-                manifest = preprocess_corpus(f"{work}/clips-{repeat}", args.clips, repeat)
-                cmd = [py, "jobs/preprocess.py", "--input", f"{work}/clips-{repeat}", "--manifest", manifest,
-                       "--output", f"{work}/pre-{repeat}"]
-                fig[f"corpus_{repeat}x"] = measure(cmd, args.code, f"{work}/pre-{repeat}.log")
-                n[repeat] = utterances(f"{work}/pre-{repeat}")
-                fig[f"corpus_{repeat}x"]["utterances"] = n[repeat]
-                print(f"[bench] preprocess {repeat}x: {fig[f'corpus_{repeat}x']}", flush=True)
-            fig["steady"] = steady(fig["corpus_1x"], fig[f"corpus_{args.repeat}x"], n[1], n[args.repeat])
-            figures["preprocess"] = fig
         if not args.skip_score:
             from bench_score import make_checkpoint
 
-            make_checkpoint(f"{work}/checkpoint")
-            fig = {"rows": args.rows}
-            for repeat in (1, args.repeat):
-                score_corpus(f"{work}/utt-{repeat}", args.rows, repeat)
-                cmd = [py, "jobs/score.py", "--checkpoint", f"{work}/checkpoint", "--input", f"{work}/utt-{repeat}",
-                       "--output", f"{work}/scores-{repeat}", "--score-date", "2024-01-02"]
-                fig[f"corpus_{repeat}x"] = measure(cmd, args.code, f"{work}/score-{repeat}.log") | {
-                    "utterances": args.rows * repeat}
-                print(f"[bench] score {repeat}x: {fig[f'corpus_{repeat}x']}", flush=True)
-            fig["steady"] = steady(fig["corpus_1x"], fig[f"corpus_{args.repeat}x"], args.rows,
-                                   args.rows * args.repeat)
-            figures["score"] = fig
+            make_checkpoint(f"{work}/checkpoint", args.encoder)
+        executor = None if args.skip_model else executor_model(work)
+        codes = [(args.label, args.code)] + ([("before", args.before)] if args.before else [])
+        results = {label: run_jobs(code, work, args) for label, code in codes}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write_result("driver" if args.label == "after" else f"driver-{args.label}", figures | {"config": vars(args)}, notes=(
-        "CPU seconds from /proc/PID/stat (utime+stime, max seen per process, sampled every 0.2 s) of the job's "
-        "process (driver) and its descendants (Ray GCS, raylet, workers: 'cluster'). steady = 4x minus 1x "
-        "(start-up cancels). Measured on the shared 2-core machine (5 agents), under flock."))
+    for label, figures in results.items():
+        name = "driver" if label == "after" else f"driver-{label}"
+        if args.merge and (RESULTS / f"{name}.json").exists():
+            old = json.loads((RESULTS / f"{name}.json").read_text())["figures"]
+            kept = {k: old[k] for k in ("preprocess", "score", "executor") if k in old and k not in figures}
+            if executor is None and "executor" in kept:
+                executor = kept["executor"]
+            figures = kept | figures
+            results[label] = figures
+        if executor is not None and label == args.label:  # the model is this tree's (its Ray Data settings)
+            figures["executor"] = executor
+            for job in ("preprocess", "score"):
+                if job in figures:
+                    figures[job]["model"] = job_model(figures[job], executor["model"]["jobs"], args.repeat)
+        if args.before:
+            figures["before_code"] = args.before
+        write_result(name, figures | {"config": vars(args)}, notes=notes)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ Rows:
   openSMILE are CPU code; the GPU would only take whisper and the speaker encoder), scoring at the GPU's
   measured rate when gpu.json exists. Labelled an estimate: the GPU preprocess path has not been timed.
 - "driver limit" (when bench/results/driver.json exists, from bench/bench_driver.py): one driver core is
-  saturated when its CPU equals one core, so one driver feeds at most 100 / (driver CPU as % of the workers'
-  CPU, steady state) worker cores; the 100-node figure is recomputed with min(nodes, nodes one driver feeds).
+  saturated when its CPU equals one core: with bench_driver.py's model (fixed CPU-s per second, growing with
+  the pool's actors, plus variable CPU-s per utterance) at the worker cores where fixed + cores x variable /
+  workers' CPU per utterance = 1 (older files: 100 / the measured ratio); the 100-node figure is recomputed
+  with min(nodes, nodes one driver feeds).
 Writes bench/results/scale.json.
 """
 
@@ -97,8 +99,16 @@ def main() -> None:
     if driver is not None:
         limit = {}
         for job in ("preprocess", "score"):
-            pct = ((driver["figures"].get(job) or {}).get("steady") or {}).get("driver_over_cluster_cpu_pct")
-            if pct and pct > 0:
+            fig = driver["figures"].get(job) or {}
+            model, pct = fig.get("model"), (fig.get("steady") or {}).get("driver_over_cluster_cpu_pct")
+            if model and model.get("max_worker_cores_per_driver"):
+                # fixed + variable (bench_driver.py's model): one driver core saturates at these worker cores
+                cores = model["max_worker_cores_per_driver"]
+                limit[job] = {"driver_over_worker_cpu_pct_at_worker_cores":
+                              model["driver_over_worker_cpu_pct_at_worker_cores"],
+                              "max_worker_cores_per_driver": cores,
+                              "max_nodes_per_driver": round(cores / args.cores_per_node, 1)}
+            elif pct and pct > 0:  # an older driver.json: the measured ratio, as if it held at every size
                 cores = 100.0 / pct
                 limit[job] = {"driver_over_worker_cpu_pct": pct, "max_worker_cores_per_driver": round(cores),
                               "max_nodes_per_driver": round(cores / args.cores_per_node, 1)}

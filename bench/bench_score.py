@@ -281,7 +281,7 @@ def ray_job(ckpt: str, table, args, work: str) -> dict:
 
     import score
     from cmbert import storage
-    from cmbert.raysetup import start_local_ray
+    from cmbert.raysetup import data_context, start_local_ray
     from cmbert.scoring import INPUT_COLUMNS
     from schemas import UTTERANCES_SCHEMA
 
@@ -298,7 +298,7 @@ def ray_job(ckpt: str, table, args, work: str) -> dict:
     t0 = time.perf_counter()
     start_local_ray(include_dashboard=False, num_cpus=2, object_store_memory=512 * 1024 ** 2, log_to_driver=False)
     ray_init_s = time.perf_counter() - t0
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    data_context()
     tallies = []
     real_run = score.run
 

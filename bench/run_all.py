@@ -110,6 +110,11 @@ HEADLINES: dict[str, list[Figure]] = {
         Figure("score: driver CPU per 1,000 utterances (steady)", "score/steady/driver_cpu_s_per_1000_utterances", " s", 3),
         Figure("score: driver CPU / workers' CPU (steady)", "score/steady/driver_over_cluster_cpu_pct", " %", 3),
         Figure("score: driver peak RSS 4x / 1x", "score/steady/driver_rss_4x_over_1x", "x", 2),
+        Figure("executor: fixed driver CPU-s/s, 2 actors (model)", "executor/model/jobs/fixed_cpu_s_per_s", "", 3),
+        Figure("executor: driver CPU per task (model)", "executor/model/jobs/per_task_cpu_ms", " ms", 2),
+        Figure("score: driver / workers' CPU at 16 worker cores (model)",
+               "score/model/driver_over_worker_cpu_pct_at_worker_cores/16", " %", 2),
+        Figure("score: worker cores one driver feeds (model)", "score/model/max_worker_cores_per_driver", "", 0),
     ],
     "delta": [  # bench_delta.py: skips (leaving the last JSON) without the delta extra
         Figure("score, 16k rows: ours wall (append)", "a_score_one_commit/16000/ours/append/wall_s", " s", 2),

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from cmbert import storage
+from cmbert.raysetup import data_context
 
 DONE = "_done"
 PLAN_CPUS = 0.25  # planning tasks (id columns, small rows) take a quarter core: they run beside the actors  # column ``pending`` adds: the output already holds this key
@@ -74,21 +75,6 @@ def read_keys(uri: str, key: str, schema: pa.Schema, keep=None):
     return ds
 
 
-def lineage_safe_shuffle() -> None:
-    """Ray Data settings of these jobs (set before their datasets are built, which copy the context).
-
-    Group-bys shuffle with Ray tasks (sort-based, pull), not the default hash shuffle's aggregator actors: a
-    task's output lost with a node is rebuilt from its lineage; an actor's is not, so losing the node that held
-    an aggregator would fail the whole run (tests/jobs/test_multinode.py removes a node mid-run). A worker's
-    StorageError comes back as itself (the cause of Ray's task error), not as a UserCodeException with the
-    cause only in its text, so the jobs print it as their one-line error."""
-    from ray.data.context import DataContext, ShuffleStrategy
-
-    ctx = DataContext.get_current()
-    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    ctx.raise_original_map_exception = True
-
-
 def _kept(t: pa.Table, keep, key: str) -> pa.Table:
     return t.filter(keep(t)).select([key])
 
@@ -99,7 +85,7 @@ def pending(items, done, key: str, order: str, schema: pa.Schema, partitions: in
     ``items`` and ``done`` are Ray datasets; ``done`` has the key column only (or is None). Keys only in ``done``
     produce nothing. With ``keep_done`` the keys both hold come too, with ``DONE`` true (to be counted).
     ``schema`` is the items' schema (done rows are padded to it for the shuffle)."""
-    lineage_safe_shuffle()
+    data_context()
     items = items.map_batches(partial(_with_done, flag=False, schema=schema), batch_format="pyarrow",
                               batch_size=None, num_cpus=PLAN_CPUS)
     if done is not None:
@@ -132,10 +118,15 @@ FILE_TASK_SCHEMA = pa.schema([("path", pa.string()), ("ids", pa.list_(pa.string(
 
 def by_file(plan, key: str, path: str, partitions: int):
     """``pending(..., keep_done=True)`` rows grouped by input file: one row per file with the keys to do in it
-    (``ids``) and how many of its keys were done (``n_done``). Workers then read each file once."""
-    lineage_safe_shuffle()
+    (``ids``) and how many of its keys were done (``n_done``), in ``partitions`` blocks. Workers then read each
+    file once.
+
+    The group by hands its small output back as one block, and an actor pool runs one block as one task: without
+    the split, every file of a run went to one actor (bench/profile_driver.py: 16 files, one task, one result
+    block at the end), the other actors idle and the job's progress line silent until the end."""
+    data_context()
     return plan.groupby(path, num_partitions=partitions).map_groups(partial(_file_task, key=key, path=path),
-                                                                batch_format="pyarrow")
+                                                                batch_format="pyarrow").repartition(partitions)
 
 
 def _file_task(group: pa.Table, key: str, path: str) -> pa.Table:
@@ -272,16 +263,24 @@ class Publisher:
         self.published.add(final)
 
 
-def drain(results, publisher: Publisher, progress=None) -> None:
-    """Consume a dataset of manifest rows into the publisher; shut the executor down on failure too."""
+PROGRESS_EVERY_S = 5.0  # a job's progress line at most this often (the first batch's at once)
+
+
+def drain(results, publisher: Publisher, line=None) -> None:
+    """Consume a dataset of manifest rows into the publisher; shut the executor down on failure too.
+
+    ``line(tally) -> str`` is the job's progress line, printed at most every ``PROGRESS_EVERY_S``: the job's own
+    progress on its console (Ray Data's progress bars are off, ``raysetup.data_context``)."""
     import contextlib
 
     batches = iter(results.iter_batches(batch_format="pyarrow", batch_size=None))
+    last = -PROGRESS_EVERY_S  # the first batch's line at once
     with contextlib.closing(batches):
         for block in batches:
             publisher.add(block)
-            if progress is not None:
-                progress(publisher.tally)
+            if line is not None and time.monotonic() - last >= PROGRESS_EVERY_S:
+                print(line(publisher.tally), flush=True)
+                last = time.monotonic()
 
 
 def user_error(exc: BaseException) -> BaseException:

@@ -34,9 +34,31 @@ def check_loopback() -> None:
         raise RuntimeError(f"the private local Ray came up on {address}, not {LOOPBACK}; refusing to run")
 
 
+def data_context() -> None:
+    """The one place the jobs configure Ray Data (``DataContext``): set before their datasets are built, which
+    copy the context. ``init_ray`` applies it, so it holds on a cluster the job joins and in tests' shared Ray.
+
+    - Group-bys shuffle with Ray tasks (sort-based, pull), not the default hash shuffle's aggregator actors: a
+      task's output lost with a node is rebuilt from its lineage; an actor's is not, so losing the node that held
+      an aggregator would fail the whole run (tests/jobs/test_multinode.py removes a node mid-run).
+    - A worker's StorageError comes back as itself (the cause of Ray's task error), not as a UserCodeException
+      with the cause only in its text, so the jobs print it as their one-line error.
+    - No Ray Data progress bars: every job prints its own progress line (``incremental.drain``). They are not
+      what the driver's CPU goes to: ``bench/profile_driver.py pool`` measures the streaming executor's cost
+      the same with and without them (README, "What one driver can feed").
+    """
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    ctx = DataContext.get_current()
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    ctx.raise_original_map_exception = True
+    ctx.enable_progress_bars = False
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     import ray
 
+    data_context()
     if ray.is_initialized():
         return
     # Workers inherit this. OpenMP's spinning wait costs 10-60x on a shared CPU (bench/bench_score.py finding);

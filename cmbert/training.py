@@ -99,11 +99,12 @@ class RaySession:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
 
     def rows(self, name: str) -> list[dict]:
-        import ray.data
         import ray.train
 
+        from cmbert.raysetup import data_context
+
         shard = ray.train.get_dataset_shard(name)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        data_context()  # a Ray Train worker: the jobs' Ray Data settings here too
         return [r for b in shard.iter_batches(batch_size=4096, batch_format="pyarrow") for r in b.to_pylist()]
 
     def device(self) -> torch.device:

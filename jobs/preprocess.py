@@ -8,7 +8,6 @@ work already done (by content-hash task id), so they add no duplicates and pick 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 try:
@@ -26,6 +25,10 @@ from cmbert.stages import ClipWriter, done_keys, identify_tasks, task_table
 from schemas import CLIP_TASK_SCHEMA, REJECTS_SCHEMA, UTTERANCES_SCHEMA
 
 CLIP = ClipParams()  # the defaults of the clip options: the fields below named as ClipParams fields are those
+# The default batch: every worker gets BATCHES_PER_WORKER batches or more (the last ones finish together), and a
+# big run gets big batches: the driver spends ~5 ms of CPU per batch (bench/profile_driver.py pool), 2.4% of the
+# workers' CPU for a batch of 4 short clips (RAVDESS: ~0.05 worker CPU-s each, bench_driver.py), 0.15% for 64.
+BATCHES_PER_WORKER, MIN_CLIPS_PER_BATCH, MAX_CLIPS_PER_BATCH = 4, 4, 64
 
 
 @dataclass
@@ -54,8 +57,9 @@ class PreprocessConfig:
     max_clip_seconds: float = field(default=CLIP.max_clip_seconds, metadata={"help": "longer clips are rejected"})
     actors: int | None = field(default=None, metadata={"help": "clip workers (default: one per CPU / GPU)"})
     gpu: bool = field(default=CLIP.gpu, metadata={"help": "give each worker a GPU (ASR, speaker embeddings)"})
-    clips_per_batch: int = field(default=4, metadata={"help": "clips per worker batch and per published file "
-                                                                "(a slow clip holds at most this many)"})
+    clips_per_batch: int | None = field(default=None, metadata={
+        "help": "clips per worker batch and per published file (a slow clip holds at most this many; default: "
+                f"the clips / ({BATCHES_PER_WORKER} x workers), {MIN_CLIPS_PER_BATCH} to {MAX_CLIPS_PER_BATCH})"})
     retry_rejects: bool = field(default=False, metadata={"help": "process again the tasks earlier runs rejected"})
 
 
@@ -78,7 +82,7 @@ def run(cfg: PreprocessConfig) -> Tally:
     publisher.tally.items = len(tasks) + len(early)
     try:
         if tasks or early:
-            incremental.drain(pipeline(cfg, tasks, early, targets, run_id, started), publisher, progress)
+            incremental.drain(pipeline(cfg, tasks, early, targets, run_id, started), publisher, line)
         publisher.commit()
     except BaseException as exc:
         publisher.discard()
@@ -96,16 +100,6 @@ def run(cfg: PreprocessConfig) -> Tally:
     return tally
 
 
-_last_print = [0.0]
-
-
-def progress(tally: Tally) -> None:
-    now = time.monotonic()
-    if now - _last_print[0] > 5:
-        print(line(tally), flush=True)
-        _last_print[0] = now
-
-
 def pipeline(cfg: PreprocessConfig, tasks: list, early: list, targets, run_id: str, started):
     """The Ray Data plan: name every task by its content, drop those done (a distributed group by task id against
     the output's task ids), process the rest in an actor pool whose workers write their own files."""
@@ -117,10 +111,10 @@ def pipeline(cfg: PreprocessConfig, tasks: list, early: list, targets, run_id: s
     storage.require_shared(cfg.output)  # before any work: a cluster's nodes must all see a local output path
     pool = _wiring.actor_pool(gpu=cfg.gpu, actors=cfg.actors, env_vars=worker_runtime_env().get("env_vars"))
     env = {"runtime_env": pool["runtime_env"]} if "runtime_env" in pool else {}
-    ray.data.DataContext.get_current().enable_progress_bars = False  # we print our own progress line
     source = storage.locate(cfg.input) if cfg.input else None  # workers read through the driver's filesystem
     plan = task_table(tasks, early)
-    blocks = max(1, min(plan.num_rows // max(cfg.clips_per_batch, 1), 200))
+    per_batch = clips_per_batch(cfg, plan.num_rows, pool["compute"].max_size)
+    blocks = max(1, min(plan.num_rows // per_batch, 200))
     step = -(-plan.num_rows // blocks)  # ceil: `blocks` blocks
     named = ray.data.from_arrow([plan.slice(i, step) for i in range(0, plan.num_rows, step)]).map_batches(
         identify_tasks, fn_kwargs={"input": source}, batch_format="pyarrow", batch_size=None,
@@ -131,10 +125,16 @@ def pipeline(cfg: PreprocessConfig, tasks: list, early: list, targets, run_id: s
                                partitions=blocks).materialize()
     utterances, rejects = targets
     return todo.map_batches(
-        ClipWriter, batch_size=cfg.clips_per_batch, batch_format="pyarrow", **pool,
+        ClipWriter, batch_size=per_batch, batch_format="pyarrow", **pool,
         fn_constructor_kwargs={"stage_kwargs": {"input": source, "params": ClipParams.from_config(cfg),
                                                 "run_id": run_id, "created_at": started},
                                "utterances": utterances, "rejects": rejects})
+
+
+def clips_per_batch(cfg: PreprocessConfig, clips: int, workers: int) -> int:
+    if cfg.clips_per_batch:
+        return max(cfg.clips_per_batch, 1)
+    return max(MIN_CLIPS_PER_BATCH, min(MAX_CLIPS_PER_BATCH, clips // (BATCHES_PER_WORKER * max(workers, 1))))
 
 
 def report(cfg: PreprocessConfig, tally: Tally) -> None:

@@ -53,7 +53,8 @@ class ScoreConfig:
 
 def line(tally: Tally) -> str:
     todo = tally.processed - tally.excluded
-    return (f"[score] utterances {tally.items}  scored {tally.output_rows}/{todo}  "
+    # utterances so far: at the end, the input's distinct ids (``run`` sets ``items`` to the same sum)
+    return (f"[score] utterances {tally.processed + tally.skipped}  scored {tally.output_rows}/{todo}  "
             f"already scored {tally.skipped}  rejected {tally.rejected}")
 
 
@@ -87,7 +88,7 @@ def run(cfg: ScoreConfig) -> Tally:
         # Planned before the actor pool starts (a group by is a barrier anyway): on a small cluster the pool's
         # actors would otherwise hold the CPUs the shuffle's tasks wait for. The plan stays in the object store.
         todo = incremental.by_file(plan, "utterance_id", "path", partitions=blocks).materialize()
-        incremental.drain(score_dataset(cfg, info, todo, stamp, partition, scores), publisher)
+        incremental.drain(score_dataset(cfg, info, todo, stamp, partition, scores), publisher, line)
         publisher.commit()
     except BaseException as exc:
         publisher.discard()

@@ -118,7 +118,6 @@ def run(cfg: TrainConfig) -> dict:
 
     init_ray()
     storage.require_shared(cfg.output)  # Ray Train's storage path: every node must see a local one (or use S3)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     loop.threads = cfg.threads_per_worker or max(1, int(cluster_cpus()) // cfg.workers)
     datasets = {"train": ray.data.from_arrow(train_table), "dev": ray.data.from_arrow(dev_table)}
     runs = []
