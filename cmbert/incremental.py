@@ -283,14 +283,20 @@ def drain(results, publisher: Publisher, line=None) -> None:
                 last = time.monotonic()
 
 
+# Ray Data appends its retry advice to a worker's exception message; the user's one line is ours alone.
+RAY_RETRY_ADVICE = " Failed to apply UDF transform after"
+
+
 def user_error(exc: BaseException) -> BaseException:
-    """The StorageError/SchemaMismatchError a worker raised, unwrapped from Ray's task error (else ``exc``)."""
+    """The StorageError/SchemaMismatchError a worker raised, unwrapped from Ray's task error and without Ray's retry
+    advice (else ``exc``)."""
     seen = set()
     cur = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         if type(cur) in (storage.StorageError, storage.SchemaMismatchError):  # not Ray's wrapper subclasses
-            return cur
+            text = str(cur)
+            return type(cur)(text.split(RAY_RETRY_ADVICE)[0]) if RAY_RETRY_ADVICE in text else cur
         cur = getattr(cur, "cause", None) or cur.__cause__
     return exc
 
