@@ -284,7 +284,7 @@ def drain(results, publisher: Publisher, line=None) -> None:
 
 
 # Ray Data appends its retry advice to a worker's exception message; the user's one line is ours alone.
-RAY_RETRY_ADVICE = " Failed to apply UDF transform after"
+RAY_RETRY_ADVICE = "Failed to apply UDF transform after"
 
 
 def user_error(exc: BaseException) -> BaseException:
@@ -296,7 +296,7 @@ def user_error(exc: BaseException) -> BaseException:
         seen.add(id(cur))
         if type(cur) in (storage.StorageError, storage.SchemaMismatchError):  # not Ray's wrapper subclasses
             text = str(cur)
-            return type(cur)(text.split(RAY_RETRY_ADVICE)[0]) if RAY_RETRY_ADVICE in text else cur
+            return type(cur)(text.split(RAY_RETRY_ADVICE)[0].rstrip()) if RAY_RETRY_ADVICE in text else cur
         cur = getattr(cur, "cause", None) or cur.__cause__
     return exc
 

@@ -142,15 +142,21 @@ def explain(exc: BaseException, uri: str, action: str, endpoint: str | None = No
     where = f"{action} {uri}"
     if is_s3(uri):
         endpoint = endpoint or safe_endpoint()
-        if any(s in low for s in ("couldn't connect", "could not connect", "connection refused", "curlcode: 7",
-                                  "network_connection", "timed out", "resolve host", "curlcode: 28",
-                                  "curlcode: 6")):
+        # curl 6/7/28: no host, no connection, timeout; 52/55/56: the server went away mid-request.
+        if any(s in low for s in ("couldn't connect", "could not connect", "connection refused", "network_connection",
+                                  "timed out", "resolve host", "connection reset", "broken pipe")) \
+                or re.search(r"curlcode: (6|7|28|52|55|56)\b", low):
             return StorageError(redact(f"cannot {where}: S3 endpoint {endpoint} is unreachable"))
         denied = ("accessdenied", "invalidaccesskey", "signaturedoesnotmatch", "forbidden", "invalidtoken",
                   "expiredtoken")
         if any(s in squashed for s in denied) or re.search(r"\b403\b", low):
             return StorageError(redact(f"cannot {where}: access denied by S3 endpoint {endpoint}; "
                                        "check the AWS credentials"))
+        # A 5xx: the server took the request and failed it (shutting down, overloaded); not the user's to fix.
+        server = ("internalfailure", "internalerror", "serviceunavailable", "slowdown", "internalservererror")
+        if any(s in squashed for s in server) or re.search(r"(http status|status code:?)\s*5\d\d\b", low):
+            return StorageError(redact(f"cannot {where}: S3 endpoint {endpoint} failed the request with a server "
+                                       "error; retry when it is healthy"))
         if "nosuchbucket" in squashed or "bucket does not exist" in low or re.search(r"bucket '[^']*' not found", low):
             return StorageError(redact(f"cannot {where}: bucket does not exist at S3 endpoint {endpoint}"))
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -252,6 +252,10 @@ def test_explain_is_one_line_without_secrets(monkeypatch):
         "AWS Error SIGNATURE_DOES_NOT_MATCH during PutObject operation: signature": "credentials",
         "AWS Error ACCESS_DENIED during HeadObject operation: No response body.": "credentials",
         "AWS Error INVALID_ACCESS_KEY_ID during ListObjectsV2": "credentials",
+        "AWS Error NETWORK_CONNECTION during UploadPart operation: curlCode: 56, Failure when receiving data from "
+        "the peer": "unreachable",
+        "AWS Error INTERNAL_FAILURE during PutObject operation: We encountered an internal error": "server error",
+        "AWS Error UNKNOWN (HTTP status 503) during CompleteMultipartUpload operation": "server error",
         "something odd\nwith topSECRETkey42 on a second line": "something odd",
         "weird topSECRETkey42 error": "weird *** error",
     }
@@ -259,6 +263,19 @@ def test_explain_is_one_line_without_secrets(monkeypatch):
         msg = str(storage.explain(OSError(text), "s3://bkt/ds", "write"))
         assert phrase in msg and "\n" not in msg, msg
         assert "topSECRETkey42" not in msg and "pw123456" not in msg, msg
+
+
+def test_user_error_is_the_workers_line_without_rays_advice():
+    from cmbert.incremental import user_error
+
+    ours = StorageError("cannot write s3://b/x: S3 endpoint http://h:1 is unreachable")
+    wrapped = RuntimeError("task failed")
+    wrapped.__cause__ = StorageError(f"{ours}\nFailed to apply UDF transform after 1/1 attempts (total backoff 0s).")
+    got = user_error(wrapped)
+    assert type(got) is StorageError and str(got) == str(ours)
+    assert user_error(ours) is ours
+    other = ValueError("not ours")
+    assert user_error(other) is other
 
 
 def test_polars_storage_options_local_is_none():
