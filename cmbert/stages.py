@@ -88,7 +88,6 @@ class ClipStage:
                 # The actor's thread count, not CTranslate2's default of 4: two actors on two cores would run
                 # eight threads and slow each other down.
                 self._models.asr = words.load_asr(p.asr_model, device=p.device,
-                                                  compute_type="int8" if cpu else "float16",
                                                   cpu_threads=self.torch_threads if cpu else 0)
         return self._models
 

@@ -108,8 +108,7 @@ class WhisperEncoderFrames:
 
         from cmbert.audio.words import load_asr
 
-        compute = "int8" if device == "cpu" else "float16"
-        self._whisper = load_asr(model_path, device=device, compute_type=compute, cpu_threads=cpu_threads)
+        self._whisper = load_asr(model_path, device=device, cpu_threads=cpu_threads)
         model = "tiny.en" if model_path is None else os.path.basename(str(model_path).rstrip("/")) or str(model_path)
         probe = self._encode(self._whisper.feature_extractor(np.zeros(1600, np.float32)))  # 0.1 s of silence
         self.dim = int(probe.shape[-1])
