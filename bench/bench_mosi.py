@@ -2,6 +2,7 @@
 
     python bench/bench_mosi.py [--work runs/bench-mosi] [--encoders mpnet,minilm] [--models cmbert,tbert]
         [--seeds 5] [--seed-values 111,1111] [--budget-min 120] [--epochs N] [--workers 1] [--reuse] [--merge]
+        [--train-args "--loss l1 ..."] [--results mosi]
 
 ../shared/data/mosi-text/train.tsv (1284 rows) and dev.tsv (the CM-BERT paper's split) become text-only
 utterance datasets with the real preprocess job (jobs/preprocess.py main(), --manifest FILE --output DIR; audio
@@ -20,7 +21,9 @@ mean ± std (ddof=1) over seeds, the training wall time, and MFU: cmbert.model.e
 FLOPs per sample (at
 the training rows' mean word-piece count) x rows/s / 167 GFLOP/s (the fp32 peak in ../shared/STACK.md), both from
 the job's in-loop rows/s (last epoch) and from the whole train job's wall time (Ray start-up, dev evaluation each
-epoch and checkpoint writes included). Writes bench/results/mosi.json.
+epoch and checkpoint writes included). ``--train-args`` appends jobs/train.py flags to every run (recipe
+exploration, e.g. ``--loss l1``); ``--results NAME`` writes bench/results/NAME.json (and --merge reads it) instead
+of bench/results/mosi.json, the plain command's figures.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -97,8 +101,9 @@ def train_and_evaluate(name: str, seed: int, extra: list[str], train_uri: str, d
 
     model_dir = os.path.join(args.work, "models", name, f"seed-{seed}")
     eval_json = os.path.join(args.work, "eval", name, f"seed-{seed}.json")
-    argv = ["--train", train_uri, "--dev", dev_uri, "--output", model_dir, "--seeds", "1",
-            "--workers", str(args.workers)] + (["--epochs", str(args.epochs)] if args.epochs else []) + extra
+    argv = (["--train", train_uri, "--dev", dev_uri, "--output", model_dir, "--seeds", "1",
+             "--workers", str(args.workers)] + (["--epochs", str(args.epochs)] if args.epochs else []) + extra
+            + shlex.split(args.train_args))
     if args.reuse and os.path.exists(eval_json) and os.path.exists(os.path.join(model_dir, "summary.json")):
         return reused(seed, argv, model_dir, eval_json)
     shutil.rmtree(model_dir, ignore_errors=True)
@@ -147,12 +152,12 @@ def reused(seed: int, argv: list[str], model_dir: str, eval_json: str) -> dict:
             "train_rows_per_s_last_epoch": summary["seeds"][0].get("train_rows_per_s_last_epoch")}
 
 
-def merge_previous(runs: dict[str, list[dict]], order: list[tuple[str, str]]) -> None:
-    """Add to ``runs`` the per-seed results of bench/results/mosi.json whose (name, seed) did not run now;
+def merge_previous(runs: dict[str, list[dict]], order: list[tuple[str, str]], results: str) -> None:
+    """Add to ``runs`` the per-seed results of bench/results/<results>.json whose (name, seed) did not run now;
     names not asked for now are kept too. Seeds stay in the job's order (1, 11, 111, ...)."""
     from common import RESULTS
 
-    path = RESULTS / "mosi.json"
+    path = RESULTS / f"{results}.json"
     if not path.exists():
         return
     with open(path) as f:
@@ -184,6 +189,8 @@ def main() -> None:
     p.add_argument("--budget-min", type=float, default=120.0, help="start another run only within this")
     p.add_argument("--epochs", type=int, default=None, help="at most this many (default: the job's)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--train-args", default="", help="more jobs/train.py flags for every run, one string")
+    p.add_argument("--results", default="mosi", help="bench/results/NAME.json to write (and to --merge)")
     p.add_argument("--reuse", action="store_true", help="keep finished (encoder, model, seed) runs of an earlier "
                    "invocation in --work; the budget then counts only this invocation's new runs")
     args = p.parse_args()
@@ -215,7 +222,7 @@ def main() -> None:
             print(f"[mosi] {name} seed {seed}: {json.dumps(r['metrics'])} train {r['train_s']:.0f}s "
                   f"MFU {100 * r['mfu_fp32_in_loop']:.1f}% in loop", flush=True)
     if args.merge:
-        merge_previous(runs, order)
+        merge_previous(runs, order, args.results)
     if stopped:
         print(f"[mosi] not run (budget {budget:.0f}s): {', '.join(stopped)}", flush=True)
 
@@ -251,7 +258,8 @@ def main() -> None:
              "one-to-one with the paper's references (BERT-base on the test split): the dev split, and the "
              "paper's Acc2/F1 convention differs from both has0 and non0 given here (see cmbert/metrics.py). "
              "Model selection is the epoch with the lowest dev loss, so dev figures are slightly optimistic.")
-    write_result("mosi", figures, notes=notes)
+    figures["train_args_extra"] = shlex.split(args.train_args)
+    write_result(args.results, figures, notes=notes)
 
 
 if __name__ == "__main__":

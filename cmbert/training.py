@@ -2,7 +2,7 @@
 
 Read top to bottom: ``TrainLoopConfig`` (one seed's run, as the job builds it and Ray ships it to every worker),
 the ``Session`` protocol (rank, rows, device, DDP, a broadcast, checkpoints, reports: ``RaySession`` under Ray
-Train, a local stand-in in tests and benches), the early-stopping rule, ``train_func`` (forward, MSE loss,
+Train, a local stand-in in tests and benches), the early-stopping rule, ``train_func`` (forward, L1 or MSE loss,
 backward, Adam step, written out), then the audio statistics and names the job derives from the data. No argparse
 and no Ray at import time: jobs/train.py is the wiring. Under ``ray job submit --working-dir .`` the workers
 import this module from the working dir.
@@ -31,6 +31,7 @@ from cmbert.metrics import json_safe, regression_metrics
 from cmbert.model import CMBertConfig, build_model, load_tokenizer
 
 NO_AUDIO = "none"  # feature_set of text-only data
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}  # the one place a loss name becomes a function (train and dev)
 
 
 @dataclass
@@ -46,6 +47,9 @@ class TrainLoopConfig:
     lr: float = 2e-5  # Adam, encoder and head
     fusion_lr: float = 1e-3  # Adam, masked multimodal attention (paper: 0.01, which diverges here: see README)
     head_lr: float | None = None  # None: lr (the paper's BERT rate)
+    # l1 | mse (paper): the training loss, and the dev loss that early stopping and selection compare. L1 on dev
+    # (README, Results): MOSI MAE -0.04 and Acc7 +2 points over MSE on the same seeds, RAVDESS the same within noise
+    loss: str = "l1"
     precision: str = "fp32"  # fp32 | bf16 (autocast forward and loss)
     threads: int = 1  # torch threads per worker
     feature_set: str = NO_AUDIO
@@ -176,7 +180,7 @@ def stops_early(history: list[dict], patience: int) -> bool:
 
 
 def train_func(config: dict, session: Session | None = None) -> None:
-    """One seed: forward, MSE loss, backward, Adam step; dev loss and metrics and a checkpoint every epoch, until
+    """One seed: forward, loss (``cfg.loss``: L1 or MSE), backward, Adam step; dev loss and metrics and a checkpoint every epoch, until
     ``epochs`` or early stopping (``patience``).
 
     ``config`` is ``TrainLoopConfig.to_dict()`` (what Ray Train ships to the workers)."""
@@ -235,7 +239,7 @@ def train_func(config: dict, session: Session | None = None) -> None:
             with torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
                 out = ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                 audio=batch["audio"])
-            loss = F.mse_loss(out.score.float(), batch["labels"])
+            loss = LOSSES[cfg.loss](out.score.float(), batch["labels"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over workers here
             optimizer.step()
@@ -251,7 +255,9 @@ def train_func(config: dict, session: Session | None = None) -> None:
                 preds, _ = predict_rows(model, tokenizer, dev_rows, max_len, audio_dim, device=device)
                 labels = np.array([u.label for u in dev_rows], dtype=np.float64)
                 ok = np.isfinite(labels)
-                metrics["dev_loss"] = float(np.mean((preds[ok] - labels[ok]) ** 2)) if ok.any() else math.nan
+                metrics["dev_loss"] = (float(LOSSES[cfg.loss](torch.from_numpy(preds[ok].astype(np.float64)),
+                                                                  torch.from_numpy(labels[ok])))
+                                       if ok.any() else math.nan)
                 metrics |= {f"dev_{k}": v for k, v in regression_metrics(preds, labels).items()}
                 history.append(json_safe({k: v for k, v in metrics.items()
                                           if k in ("epoch", "train_loss") or k.startswith("dev_")}))

@@ -132,3 +132,16 @@ def test_two_ranks_stop_at_the_epoch_rank_0_decides(data, tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     with open(f"{out}.0") as f0, open(f"{out}.1") as f1:
         assert json.load(f0) == json.load(f1) == [0, 1]  # patience 1: epoch 1 brought no lower dev loss
+
+
+@pytest.mark.parametrize("loss,metric", [("mse", None), ("l1", "dev_mae")])
+def test_the_dev_loss_is_the_training_loss(data, loss, metric):
+    """--loss picks the training loss and the dev loss that early stopping compares: with l1 it is the dev MAE
+    the metrics report; mse is the mean squared error (larger than the MAE squared unless all errors are equal)."""
+    session = LocalSession(data)
+    train_func(tiny_loop_config(1) | {"loss": loss, "patience": 0}, session=session)
+    m = session.reports[-1][0]
+    if metric:
+        assert m["dev_loss"] == pytest.approx(m[metric], rel=1e-9)
+    else:
+        assert m["dev_loss"] >= m["dev_mae"] ** 2 and m["dev_loss"] != pytest.approx(m["dev_mae"])
