@@ -7,9 +7,9 @@
 
 Defaults train our hearing variant (audio at [CLS] and in the fusion attention's values); the paper's CM-BERT,
 whose score cannot depend on the audio, is ``--cls-audio zero --no-audio-values --fusion-lr 0.01``, and the
-paper's schedule and loss, 3 epochs of MSE without early stopping, is ``--epochs 3 --patience 0 --loss mse``. Each option's default lives in
-one place: the model's in ``cmbert.model.CMBertConfig``, the loop's in ``cmbert.training.TrainLoopConfig`` (the
-loop itself, ``train_func``, is there too); this file is the wiring.
+paper's schedule and loss, 3 epochs of MSE without early stopping, is ``--epochs 3 --patience 0 --loss mse``.
+Each option's default lives in one place: the model's in ``cmbert.model.CMBertConfig``, the loop's in
+``cmbert.training.TrainLoopConfig`` (the loop itself, ``train_func``, is there too); this file is the wiring.
 
 OUTPUT gets seed-N/ (the epoch with the lowest dev loss of each seed), meta.json (names the best seed, so
 OUTPUT itself loads with cmbert.checkpoint.load_checkpoint), summary.json (per seed: the best epoch's dev
