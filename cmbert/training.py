@@ -32,6 +32,20 @@ from cmbert.model import CMBertConfig, build_model, load_tokenizer
 
 NO_AUDIO = "none"  # feature_set of text-only data
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}  # the one place a loss name becomes a function (train and dev)
+WARMUP = 0.1  # share of the planned steps the linear schedule warms up over (the paper's BertAdam: 10%)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The multiplier of every group's base learning rate at optimizer step ``step`` (0-based) of
+    ``total_steps`` planned: a pure function of the step, so a resumed run needs no scheduler state."""
+    if schedule == "constant":
+        return 1.0
+    if schedule != "linear":
+        raise ValueError(f"unknown lr schedule {schedule!r} (constant | linear)")
+    warmup = max(1, round(WARMUP * total_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
 
 @dataclass
@@ -47,6 +61,9 @@ class TrainLoopConfig:
     lr: float = 2e-5  # Adam, encoder and head
     fusion_lr: float = 1e-3  # Adam, masked multimodal attention (paper: 0.01, which diverges here: see README)
     head_lr: float | None = None  # None: lr (the paper's BERT rate)
+    # constant | linear: every group's lr rises from 0 over the first WARMUP of the steps `epochs` allow, then
+    # falls linearly to 0 at the last of them (the paper's BertAdam schedule); early stopping may end sooner
+    lr_schedule: str = "constant"
     # l1 | mse (paper): the training loss, and the dev loss that early stopping and selection compare. L1 on dev
     # (README, Results): MOSI MAE -0.04 and Acc7 +2 points over MSE on the same seeds, RAVDESS the same within noise
     loss: str = "l1"
@@ -180,7 +197,8 @@ def stops_early(history: list[dict], patience: int) -> bool:
 
 
 def train_func(config: dict, session: Session | None = None) -> None:
-    """One seed: forward, loss (``cfg.loss``: L1 or MSE), backward, Adam step; dev loss and metrics and a
+    """One seed: forward, loss (``cfg.loss``: L1 or MSE), backward, Adam step (at ``cfg.lr_schedule``'s rate for
+    the step); dev loss and metrics and a
     checkpoint every epoch, until ``epochs`` or early stopping (``patience``).
 
     ``config`` is ``TrainLoopConfig.to_dict()`` (what Ray Train ships to the workers)."""
@@ -203,6 +221,7 @@ def train_func(config: dict, session: Session | None = None) -> None:
         {"params": groups["head"], "lr": cfg.head_lr if cfg.head_lr is not None else cfg.lr},
         {"params": groups["fusion"], "lr": cfg.fusion_lr},
     ) if g["params"]])
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     start_epoch, history = 0, []  # history: one entry per epoch (rank 0's dev metrics), kept in the train state
     with session.latest_checkpoint() as path:
@@ -219,6 +238,7 @@ def train_func(config: dict, session: Session | None = None) -> None:
     dev_rows = [UtteranceInput.from_row(r, audio_dim)
                 for r in sorted(session.rows("dev"), key=lambda r: r["utterance_id"])] if rank == 0 else []
     train_rows = [u for u in train_rows if math.isfinite(u.label)]
+    steps_per_epoch = len(range(0, len(train_rows) - world + 1, cfg.batch_size))  # global batches of >= world rows
 
     for epoch in range(start_epoch, cfg.epochs):
         # Only rank 0 knows the dev losses: its decision, shared, so that every rank leaves DDP at the same epoch
@@ -229,10 +249,13 @@ def train_func(config: dict, session: Session | None = None) -> None:
         perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
         model.train()
         t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
-        for start in range(0, len(perm), cfg.batch_size):
+        for step, start in enumerate(range(0, len(perm), cfg.batch_size), start=epoch * steps_per_epoch):
             global_batch = perm[start:start + cfg.batch_size]
             if len(global_batch) < world:  # a worker would get no rows; DDP needs every worker to step
                 break
+            factor = lr_factor(cfg.lr_schedule, step, cfg.epochs * steps_per_epoch)
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * factor
             rows = [train_rows[i] for i in global_batch[rank::world]]
             batch = {k: v.to(device) for k, v in collate(rows, tokenizer, max_len, audio_dim).items()}
 

@@ -3,7 +3,7 @@
     python jobs/train.py --train URI --dev URI --output DIR_OR_S3_URI [--encoder mpnet|minilm|PATH] [--fusion cmbert|none]
         [--cls-audio mean|zero] [--audio-values|--no-audio-values] [--seeds N] [--epochs 12] [--patience 3]
         [--workers N] [--gpu] [--precision fp32|bf16] [--batch-size 24] [--max-len 50] [--lr 2e-5] [--fusion-lr 1e-3]
-        [--loss l1|mse] [--label-column label]
+        [--loss l1|mse] [--lr-schedule constant|linear] [--label-column label]
 
 Defaults train our hearing variant (audio at [CLS] and in the fusion attention's values); the paper's CM-BERT,
 whose score cannot depend on the audio, is ``--cls-audio zero --no-audio-values --fusion-lr 0.01``, and the
@@ -75,6 +75,9 @@ class TrainConfig:
                                                                   "attention (paper: 0.01, which diverges here: see README)")
     head_lr: float | None = option(TrainLoopConfig, "head_lr", help="learning rate of the regression head "
                                                                     "(default: --lr, as the paper's BERT rate)")
+    lr_schedule: str = option(TrainLoopConfig, "lr_schedule", choices=("constant", "linear"),
+                              help="linear: warm up over the first 10%% of the steps --epochs allow, then decay to 0 "
+                                   "(the paper's BertAdam)")
     label_column: str = field(default="label", metadata={"help": "column (or key of `extra`) with the target"})
     proj_dim: int = option(CMBertConfig, "proj_dim", help="projection size of the masked multimodal attention")
     audio_norm: bool = field(default=True, metadata={"help": "standardise word audio with the training set's "

@@ -69,3 +69,18 @@ def test_a_row_is_read_once_into_a_model_input():
     tok = load_tokenizer(CMBertConfig(encoder="minilm"))
     a, b = collate([row], tok, 50, 2), collate([u], tok, 50, 2)
     assert all((a[k] == b[k]).all() or (a[k].isnan() & b[k].isnan()).all() for k in a)
+
+
+def test_the_linear_schedule_warms_up_then_decays_to_zero_as_a_function_of_the_step():
+    from cmbert.training import WARMUP, lr_factor
+
+    total = 300  # e.g. 12 epochs of 25 global batches
+    factors = [lr_factor("linear", step, total) for step in range(total)]
+    warmup = round(WARMUP * total)
+    assert factors[0] == pytest.approx(1 / warmup) and factors[warmup - 1] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(factors[:warmup - 1], factors[1:warmup]))  # rising
+    assert all(a > b for a, b in zip(factors[warmup:-1], factors[warmup + 1:]))  # then falling
+    assert 0 < factors[-1] <= 1 / (total - warmup) + 1e-12
+    assert [lr_factor("constant", s, total) for s in (0, 150, 299)] == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        lr_factor("cosine", 0, total)
