@@ -271,7 +271,10 @@ def train_func(config: dict, session: Session | None = None) -> None:
             n_seen += len(rows)
 
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "train_rows_per_s":
-                   n_seen * world / (time.perf_counter() - t0)}
+                   n_seen * world / (time.perf_counter() - t0),
+                   # the rate's multiplier at the epoch's last step (1 when constant)
+                   "lr_factor": lr_factor(cfg.lr_schedule, (epoch + 1) * steps_per_epoch - 1,
+                                          cfg.epochs * steps_per_epoch)}
         with storage.scratch_dir(prefix="cmbert-epoch-") as scratch:  # removed once reported (Ray copied it)
             checkpoint_dir = None
             if rank == 0:

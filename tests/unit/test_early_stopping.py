@@ -15,7 +15,7 @@ import pytest
 
 from cmbert.checkpoint import TRAIN_STATE_FILES
 from cmbert.testing import LocalSession, tiny_loop_config, tiny_rows
-from cmbert.training import epochs_without_improvement, stops_early, train_func
+from cmbert.training import epochs_without_improvement, lr_factor, stops_early, train_func
 
 
 def losses(*values):
@@ -145,3 +145,25 @@ def test_the_dev_loss_is_the_training_loss(data, loss, metric):
         assert m["dev_loss"] == pytest.approx(m[metric], rel=1e-9)
     else:
         assert m["dev_loss"] >= m["dev_mae"] ** 2 and m["dev_loss"] != pytest.approx(m["dev_mae"])
+
+
+def test_a_resumed_run_follows_the_lr_schedule_where_the_uninterrupted_run_was(data):
+    """The rate is a function of the global step, so a run resumed after epoch 0 trains epochs 1-2 exactly as
+    the straight run did; and the linear schedule is in effect (its losses are not the constant rate's)."""
+
+    def linear(resume_from=None) -> LocalSession:
+        session = LocalSession(data, resume_from)
+        train_func(tiny_loop_config(3) | {"patience": 0, "lr_schedule": "linear", "lr": 1e-3}, session=session)
+        return session
+
+    straight_linear = linear()
+    resumed = linear(resume_from=straight_linear.reports[0][1])
+    train_losses = [m["train_loss"] for m, _ in straight_linear.reports]
+    assert [m["train_loss"] for m, _ in resumed.reports] == train_losses[1:]
+    steps = 2  # 16 rows in global batches of 8
+    assert [m["lr_factor"] for m, _ in straight_linear.reports] == [
+        lr_factor("linear", (epoch + 1) * steps - 1, 3 * steps) for epoch in range(3)]
+    assert straight_linear.reports[-1][0]["lr_factor"] < straight_linear.reports[0][0]["lr_factor"]
+    constant = LocalSession(data)
+    train_func(tiny_loop_config(3) | {"patience": 0, "lr": 1e-3}, session=constant)
+    assert [m["train_loss"] for m, _ in constant.reports] != train_losses
