@@ -105,7 +105,7 @@ WORKER_CORES = (2, 16, 64, 1600)  # the model's ratio at these cluster sizes (on
 
 def executor_model(work: str) -> dict:
     """``profile_driver.py pool`` (this tree, the jobs' Ray Data settings): the streaming
-    executor's fixed driver CPU per second (2 and 8 actors) and its driver CPU per task."""
+    executor's fixed driver CPU per second (2, 8 and 32 actors) and its driver CPU per task."""
     out = f"{work}/pool.json"
     cmd = [sys.executable, str(REPO / "bench" / "profile_driver.py"), "pool", "--contexts", "jobs", "--out", out]
     subprocess.run(cmd, cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)), check=True,
@@ -116,18 +116,25 @@ def executor_model(work: str) -> dict:
     for context, m in pool["model"].items():
         by = {r["scenario"]: r for r in pool["runs"] if r["context"] == context}
         m = dict(m)
-        if "slow8" in by:  # the fixed part with 8 actors: the per-second cost of a bigger pool
-            r = by["slow8"]
-            m["fixed_cpu_s_per_s_8_actors"] = round(r["cpu_s_per_s"] - m["per_task_cpu_ms"] / 1000 * r["tasks_per_s"], 4)
+        for name in ("slow8", "slow32"):  # the fixed part with a bigger pool: its per-second cost per actor
+            if name in by:
+                r = by[name]
+                m[f"fixed_cpu_s_per_s_{r['actors']}_actors"] = round(
+                    r["cpu_s_per_s"] - m["per_task_cpu_ms"] / 1000 * r["tasks_per_s"], 4)
         model[context] = m
     return {"model": model, "runs": pool["runs"]}
 
 
 def fixed_at(model: dict, actors: int) -> float:
-    """The fixed driver CPU-s/s with ``actors`` pool actors: linear through the 2- and 8-actor figures."""
+    """The fixed driver CPU-s/s with ``actors`` pool actors: linear from the 2-actor figure to the largest pool
+    measured (8 or 32 actors), extrapolated beyond it with the same slope; never below the 2-actor figure."""
     f2 = model["fixed_cpu_s_per_s"]
-    f8 = model.get("fixed_cpu_s_per_s_8_actors", f2)
-    return max(f2, f2 + (f8 - f2) * (actors - 2) / 6)
+    sizes = sorted(int(k.split("_")[-2]) for k in model if k.startswith("fixed_cpu_s_per_s_") and k.endswith("_actors"))
+    if not sizes:
+        return f2
+    big = sizes[-1]
+    slope = (model[f"fixed_cpu_s_per_s_{big}_actors"] - f2) / (big - 2)
+    return max(f2, f2 + slope * (actors - 2))
 
 
 def job_model(fig: dict, fixed: dict, repeat: int) -> dict:

@@ -2,6 +2,8 @@
 
     python bench/profile_driver.py preprocess|score [--clips 40] [--rows 4000] [--repeat 1] [--cprofile]
                                                     [--top 25] [--out FILE.json]
+    python bench/profile_driver.py pool [--contexts ray jobs] [--scenarios slow fast slow8 slow32] [--repeat 1]
+                                        [--out FILE.json] [--results NAME]
 
 py-spy cannot attach on this machine, so the job runs in this process (``jobs.<job>.main``, the job's defaults,
 its own local Ray, the quiet console on) and is measured from inside:
@@ -202,6 +204,7 @@ SCENARIOS = {  # name: (actors, seconds per task, tasks): tasks complete at acto
     "slow": (2, 4.0, 14),  # 0.5 tasks/s for ~28 s: the fixed per-second cost
     "fast": (2, 0.04, 500),  # ~50 tasks/s for ~10 s: the cost per task
     "slow8": (8, 4.0, 40),  # 2 tasks/s for ~20 s with 8 actors: does the fixed cost grow with the pool?
+    "slow32": (32, 16.0, 96),  # 2 tasks/s for ~32 s with 32 actors: the same, 4x the pool (sleepers: no CPU)
 }
 
 
@@ -241,6 +244,25 @@ def fixed_and_per_task(slow: dict, fast: dict) -> dict:
     return {"fixed_cpu_s_per_s": round(fixed, 4), "per_task_cpu_ms": round(1000 * per_task, 3)}
 
 
+def pool_growth(runs: list[dict]) -> dict:
+    """Does the executor's fixed cost grow with the pool? Per repeat and context, the fixed driver CPU-s/s of
+    each slow scenario (its CPU/s less its tasks at the same repeat's per-task cost), and the growth per actor
+    from 2 actors to the largest pool: the repeats side by side, so the noise between them shows."""
+    out = {}
+    for key in sorted({(r["context"], r["repeat"]) for r in runs}):
+        by = {r["scenario"]: r for r in runs if (r["context"], r["repeat"]) == key}
+        if not {"slow", "fast"} <= set(by):
+            continue
+        per_task_s = fixed_and_per_task(by["slow"], by["fast"])["per_task_cpu_ms"] / 1000
+        fixed = {r["actors"]: round(r["cpu_s_per_s"] - per_task_s * r["tasks_per_s"], 4)
+                 for name, r in by.items() if name.startswith("slow")}
+        big = max(fixed)
+        out[f"{key[0]}, repeat {key[1]}"] = {
+            "fixed_cpu_s_per_s_by_actors": fixed,
+            "growth_ms_per_s_per_actor": round(1000 * (fixed[big] - fixed[2]) / (big - 2), 3) if big > 2 else None}
+    return out
+
+
 def pool_main(args) -> dict:
     from cmbert.console import quiet_console
     from cmbert.raysetup import init_ray
@@ -249,14 +271,15 @@ def pool_main(args) -> dict:
     init_ray()
     sampler = ThreadSampler()
     sampler.start()
-    runs = [pool_run(c, *SCENARIOS[s], sampler) | {"scenario": s} for c in args.contexts for s in args.scenarios]
+    runs = [pool_run(c, *SCENARIOS[s], sampler) | {"scenario": s, "repeat": i}
+            for i in range(args.repeat) for c in args.contexts for s in args.scenarios]
     sampler.stop.set()
     model = {}
     for c in args.contexts:
-        by = {r["scenario"]: r for r in runs if r["context"] == c}
+        by = {r["scenario"]: r for r in runs if r["context"] == c and r["repeat"] == 0}
         if "slow" in by and "fast" in by:
             model[c] = fixed_and_per_task(by["slow"], by["fast"])
-    result = {"job": "pool", "runs": runs, "model": model}
+    result = {"job": "pool", "runs": runs, "model": model, "pool_growth": pool_growth(runs)}
     print(json.dumps(result, indent=1), flush=True)
     return result
 
@@ -273,12 +296,20 @@ def main() -> None:
     ap.add_argument("--cprofile", action="store_true")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out")
+    ap.add_argument("--results", help="pool: also write bench/results/NAME.json (command, machine, git)")
     args = ap.parse_args()
     if args.job == "pool":
         result = pool_main(args)
         if args.out:
             with open(args.out, "w") as f:
                 f.write(json.dumps(result, indent=1) + "\n")
+        if args.results:
+            from common import write_result
+
+            write_result(args.results, result, notes=(
+                "profile_driver.py pool: an actor pool of sleeping actors drained by the jobs' Ray Data settings in "
+                "this process; driver CPU from /proc/self between the first and last result. pool_growth: the "
+                "fixed driver CPU-s/s by pool size, per repeat (2-core shared machine)."))
         return
     sys.path.insert(0, str(REPO / "jobs"))
     from cmbert import incremental
