@@ -122,6 +122,9 @@ def preprocess_corpus(folder: str, clips: int, repeat: int) -> str:
     return write_manifest(os.path.join(folder, "manifest.csv"), copies)
 
 
+SCORE_ROWS_PER_FILE = 500  # score: one task per input file (incremental.by_file)
+
+
 def score_corpus(folder: str, rows: int, repeat: int) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -131,7 +134,7 @@ def score_corpus(folder: str, rows: int, repeat: int) -> None:
 
     table = synthetic_table(rows)
     os.makedirs(folder, exist_ok=True)
-    per_file = 500
+    per_file = SCORE_ROWS_PER_FILE
     for k in range(repeat):
         copy = table.set_column(table.column_names.index("utterance_id"), "utterance_id",
                                 pc.binary_join_element_wise(table.column("utterance_id"), pa.scalar(f"r{k}"), "-"))
