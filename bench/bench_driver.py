@@ -117,17 +117,7 @@ def executor_model(work: str) -> dict:
                    stdout=open(f"{work}/pool.log", "w"), stderr=subprocess.STDOUT)
 
     pool = json.loads(open(out).read())
-    model = {}
-    for context, m in pool["model"].items():
-        by = {r["scenario"]: r for r in pool["runs"] if r["context"] == context}
-        m = dict(m)
-        for name in ("slow8", "slow32"):  # the fixed part with a bigger pool: its per-second cost per actor
-            if name in by:
-                r = by[name]
-                m[f"fixed_cpu_s_per_s_{r['actors']}_actors"] = round(
-                    r["cpu_s_per_s"] - m["per_task_cpu_ms"] / 1000 * r["tasks_per_s"], 4)
-        model[context] = m
-    return {"model": model, "runs": pool["runs"]}
+    return {"model": pool["model"], "runs": pool["runs"]}
 
 
 def fixed_at(model: dict, actors: int) -> float:

@@ -274,12 +274,15 @@ def pool_main(args) -> dict:
     runs = [pool_run(c, *SCENARIOS[s], sampler) | {"scenario": s, "repeat": i}
             for i in range(args.repeat) for c in args.contexts for s in args.scenarios]
     sampler.stop.set()
-    model = {}
+    growth = pool_growth(runs)
+    model = {}  # the first repeat's: fixed and per task at 2 actors, and the fixed part of every bigger pool
     for c in args.contexts:
         by = {r["scenario"]: r for r in runs if r["context"] == c and r["repeat"] == 0}
         if "slow" in by and "fast" in by:
-            model[c] = fixed_and_per_task(by["slow"], by["fast"])
-    result = {"job": "pool", "runs": runs, "model": model, "pool_growth": pool_growth(runs)}
+            model[c] = fixed_and_per_task(by["slow"], by["fast"]) | {
+                f"fixed_cpu_s_per_s_{n}_actors": f
+                for n, f in growth[f"{c}, repeat 0"]["fixed_cpu_s_per_s_by_actors"].items() if n > 2}
+    result = {"job": "pool", "runs": runs, "model": model, "pool_growth": growth}
     print(json.dumps(result, indent=1), flush=True)
     return result
 

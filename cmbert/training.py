@@ -198,8 +198,8 @@ def stops_early(history: list[dict], patience: int) -> bool:
 
 def train_func(config: dict, session: Session | None = None) -> None:
     """One seed: forward, loss (``cfg.loss``: L1 or MSE), backward, Adam step (at ``cfg.lr_schedule``'s rate for
-    the step); dev loss and metrics and a
-    checkpoint every epoch, until ``epochs`` or early stopping (``patience``).
+    the step); dev loss and metrics and a checkpoint every epoch, until ``epochs`` or early stopping
+    (``patience``).
 
     ``config`` is ``TrainLoopConfig.to_dict()`` (what Ray Train ships to the workers)."""
     cfg = TrainLoopConfig.from_dict(config)
