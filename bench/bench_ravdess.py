@@ -1,8 +1,9 @@
 """Does CM-BERT hear? Binary valence on RAVDESS, unseen speakers: T-BERT vs paper mode vs our hearing variants.
 
     python bench/bench_ravdess.py [--features whisper|egemaps|...] [--utterances URI] [--work runs/bench-ravdess]
-        [--seeds 2] [--epochs N] [--workers 1] [--encoder mpnet|minilm] [--only NAME ...] [--skip-baseline] [--reuse]
-        [--train-args "--lr 3e-5 ..."] [--results ravdess] [--resume] [--finished-seeds]
+        [--seeds 2 | --seed-values 1111,11111 [--merge]] [--epochs N] [--workers 1] [--encoder mpnet|minilm]
+        [--only NAME ...] [--skip-baseline] [--reuse] [--train-args "--lr 3e-5 ..."] [--results ravdess] [--resume]
+        [--finished-seeds]
 
 RAVDESS speech (../shared/data/ravdess, actors 01-16): two fixed, emotionally neutral sentences spoken with
 8 emotions, so the words carry no valence and any skill beyond the majority rate must come from the audio.
@@ -17,6 +18,9 @@ epoch, epochs run, whether it stopped early, the per-epoch dev history: bench/co
 sentences need no big encoder, so ``--encoder minilm`` is the cheap way to measure the audio path). ``--train-args`` appends more jobs/train.py
 flags to every model (recipe exploration: ``--lr``, ``--fusion-lr``, ``--dropout``, ...); ``--results NAME``
 writes bench/results/NAME.json instead of ravdess.json (so an exploration does not replace the headline file).
+``--seed-values`` trains those seeds (jobs/train.py --seed-values) instead of the first ``--seeds``; with
+``--merge`` each model's per-seed results already in NAME.json (seeds not run now) are kept and its means are
+taken over all of them (bench/common.py merge_seeds, as bench_mosi.py does): seeds added in a later session.
 
 - T-BERT (``--fusion none``): text only.
 - CM-BERT as published (``--cls-audio zero --no-audio-values --fusion-lr 0.01``): cannot depend on the audio.
@@ -46,7 +50,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import RAVDESS_DEV_ACTORS, REPO, SHARED_DATA, seed_training, write_result  # noqa: E402
+from common import RAVDESS_DEV_ACTORS, REPO, RESULTS, SHARED_DATA, merge_seeds, seed_training, write_result  # noqa: E402
 
 sys.path.insert(0, str(REPO / "jobs"))
 
@@ -99,7 +103,8 @@ def train_and_evaluate(name: str, args, split: dict, extra: list[str], reuse: bo
     model_dir = os.path.join(args.work, "models", name)
     eval_json = os.path.join(args.work, "eval", f"{name}.json")
     train_argv = ["--train", split["train"]["uri"], "--dev", split["dev"]["uri"], "--output", model_dir,
-                  "--seeds", str(args.seeds), "--workers", str(args.workers)] + extra
+                  *(["--seed-values", args.seed_values] if args.seed_values else ["--seeds", str(args.seeds)]),
+                  "--workers", str(args.workers)] + extra
     eval_argv = ["--checkpoint", model_dir, "--data", split["dev"]["uri"], "--output", eval_json]
     timing_path = os.path.join(args.work, "eval", f"{name}.timing.json")
     if reuse and os.path.exists(eval_json) and os.path.exists(timing_path):
@@ -338,6 +343,9 @@ def main() -> None:
     p.add_argument("--utterances", default=None, help="default: runs/ravdess-FEATURES/utterances (made if absent)")
     p.add_argument("--work", default=str(REPO / "runs" / "bench-ravdess"))
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seed-values", default=None, help="comma-separated seeds to train instead of the first --seeds")
+    p.add_argument("--merge", action="store_true", help="keep the per-seed results of bench/results/NAME.json for "
+                   "seeds not run now; each model's means over all of them")
     p.add_argument("--epochs", type=int, default=None, help="at most this many (default: the job's)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--encoder", default=None, help="jobs/train.py --encoder (default: the job's default)")
@@ -401,6 +409,8 @@ def main() -> None:
             entry["partial"] = r["partial"]
         if name != "tbert":
             entry["audio_checks"] = audio_checks(os.path.join(args.work, "models", name), split["dev"]["uri"])
+        if args.merge:
+            entry = merged(entry, name, args.results)
         models[name] = entry
         print(f"[ravdess] {name}: non0_acc2 {entry['non0_acc2_mean']:.4f} ± {entry['non0_acc2_std']:.4f} "
               f"(dev majority {dev_major['rate']:.4f}); train {r['train_s'] or 0:.0f}s", flush=True)
@@ -427,12 +437,42 @@ def main() -> None:
     write_result(args.results, figures, notes=args_notes(args))
 
 
+def merged(entry: dict, name: str, results: str) -> dict:
+    """``entry`` (one model, this run's seeds) with the seeds of bench/results/<results>.json's same model that did
+    not run now (common.merge_seeds); means, per-seed lists and the train time over all of them."""
+    from cmbert.metrics import aggregate
+
+    path = RESULTS / f"{results}.json"
+    old_doc = json.loads(path.read_text()) if path.exists() else {}
+    old = old_doc.get("figures", {}).get("models", {}).get(name)
+    if not old:
+        return entry
+
+    def with_lists(e: dict) -> list[dict]:  # each seed carries its dev loss and audio checks
+        checks = {c["seed"]: c for c in e.get("audio_checks") or []}
+        return [s | {"dev_loss": s.get("dev_loss", loss), "audio_checks": s.get("audio_checks", checks.get(s["seed"]))}
+                for s, loss in zip(e["per_seed"], e["dev_loss"])]
+
+    per_seed = merge_seeds(with_lists(entry), with_lists(old), old_doc)
+    mean_std = aggregate([s["metrics"] for s in per_seed])
+    train_s = [e["train_s"] for e in (entry, old)]
+    return entry | {"seeds": len(per_seed), "per_seed": per_seed, "mean_std": mean_std,
+                    "non0_acc2_mean": mean_std["non0_acc2"]["mean"], "non0_acc2_std": mean_std["non0_acc2"]["std"],
+                    "best_epochs": [s.get("best_epoch") for s in per_seed],
+                    "dev_loss": [s["dev_loss"] for s in per_seed],
+                    "audio_checks": [s["audio_checks"] for s in per_seed if s.get("audio_checks")],
+                    "train_s": sum(train_s) if None not in train_s else None,
+                    "train_s_per_seed": sum(train_s) / len(per_seed) if None not in train_s else None}
+
+
 def args_notes(args) -> str:
     from train import TrainConfig
 
     return (f"RAVDESS actors 01-12 train / 13-16 dev (unseen speakers), --features {args.features}, "
             f"encoder {args.encoder or TrainConfig.encoder}; "
-            f"{args.seeds} seed(s) per model (1, 11, ...); at most {args.epochs or TrainConfig.epochs} epochs, "
+            + (f"seeds {args.seed_values} (--merge: with the seeds already in the results file; per_seed says which)"
+               if args.seed_values else f"{args.seeds} seed(s) per model (1, 11, ...)")
+            + f"; at most {args.epochs or TrainConfig.epochs} epochs, "
             "early stopping with the "
             f"job's --patience (default {TrainConfig.patience}; each per_seed entry has epochs_run, stopped_early "
             f"and the dev history); --workers {args.workers} "

@@ -84,6 +84,18 @@ def seed_training(seed: dict) -> dict:
     return {k: seed.get(k) for k in ("best_epoch", "epochs_run", "stopped_early", "history")}
 
 
+def merge_seeds(new: list[dict], old: list[dict], old_doc: dict) -> list[dict]:
+    """The per-seed entries of this run (``new``) plus those of an earlier results file (``old``, from its
+    document ``old_doc``) whose seed did not run now, each of those marked ``from_results_file`` (that file's git,
+    time and command); in the job's seed order (1, 11, 111, ...). What --merge does in bench_mosi.py and
+    bench_ravdess.py: seeds run in separate invocations (jobs/train.py --seed-values) add up to one study."""
+    have = {r["seed"] for r in new}
+    kept = [dict(r) | {"from_results_file": r.get("from_results_file") or {
+                "git": old_doc.get("git"), "time": old_doc.get("time"), "command": old_doc.get("command")}}
+            for r in old if r["seed"] not in have]
+    return sorted(list(new) + kept, key=lambda r: (len(str(r["seed"])), r["seed"]))
+
+
 def summary(values: list[float]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 

@@ -27,6 +27,7 @@ from cmbert import storage
 from cmbert.checkpoint import CheckpointMeta, TrainState, load_train_state, save_checkpoint, save_train_state
 from cmbert.collate import UtteranceInput, collate, predict_rows
 from cmbert.encoders import MINILM, MPNET
+from cmbert.errors import ConfigError
 from cmbert.metrics import json_safe, regression_metrics
 from cmbert.model import CMBertConfig, build_model, load_tokenizer
 
@@ -306,6 +307,20 @@ def train_func(config: dict, session: Session | None = None) -> None:
 def seed_list(n: int) -> list[int]:
     """The authors' seeds 1, 11, 111, 1111, 11111, continued the same way."""
     return [int("1" * (i + 1)) for i in range(n)]
+
+
+def chosen_seeds(n: int, values: str | None = None) -> list[int]:
+    """The seeds a train run fits: ``values`` ("1111,11111") when given, else the first ``n`` of seed_list.
+    A seed's training depends only on the seed, so seeds trained in separate runs add up to one study."""
+    if not values:
+        return seed_list(n)
+    try:
+        seeds = [int(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--seed-values {values!r}: comma-separated integers, e.g. 1111,11111") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seed-values {values!r}: distinct non-negative integers, at least one")
+    return seeds
 
 
 def audio_stats(table: pa.Table, feature_dim: int) -> tuple[list[float] | None, list[float] | None]:

@@ -1,9 +1,9 @@
 """Train: utterances -> CM-BERT checkpoints (Ray Train, DDP), one per seed, plus a summary over seeds.
 
     python jobs/train.py --train URI --dev URI --output DIR_OR_S3_URI [--encoder mpnet|minilm|PATH] [--fusion cmbert|none]
-        [--cls-audio mean|zero] [--audio-values|--no-audio-values] [--seeds N] [--epochs 12] [--patience 3]
-        [--workers N] [--gpu] [--precision fp32|bf16] [--batch-size 24] [--max-len 50] [--lr 2e-5] [--fusion-lr 1e-3]
-        [--loss l1|mse] [--lr-schedule constant|linear] [--label-column label]
+        [--cls-audio mean|zero] [--audio-values|--no-audio-values] [--seeds N | --seed-values 1111,11111] [--epochs 12]
+        [--patience 3] [--workers N] [--gpu] [--precision fp32|bf16] [--batch-size 24] [--max-len 50] [--lr 2e-5]
+        [--fusion-lr 1e-3] [--loss l1|mse] [--lr-schedule constant|linear] [--label-column label]
 
 Defaults train our hearing variant (audio at [CLS] and in the fusion attention's values); the paper's CM-BERT,
 whose score cannot depend on the audio, is ``--cls-audio zero --no-audio-values --fusion-lr 0.01``, and the
@@ -38,8 +38,8 @@ from cmbert.errors import ConfigError, UserError
 from cmbert.metrics import aggregate, json_safe
 from cmbert.model import CMBertConfig
 from cmbert.runinfo import code_version, new_run_id, utc_now
-from cmbert.training import (TrainLoopConfig, audio_stats, default_model_id, feature_info, publish_seed,
-                             record_train_run, seed_list, train_func)
+from cmbert.training import (TrainLoopConfig, audio_stats, chosen_seeds, default_model_id, feature_info,
+                             publish_seed, record_train_run, train_func)
 
 
 @dataclass
@@ -59,6 +59,8 @@ class TrainConfig:
     audio_values: bool = option(CMBertConfig, "audio_values", help="ours: the fusion attention's values carry the "
                                                                     "word audio too, so the voice reaches the score")
     seeds: int = field(default=1, metadata={"help": "train this many seeds (1, 11, 111, ... as the authors)"})
+    seed_values: str | None = field(default=None, metadata={"help": "comma-separated seeds to train instead of "
+                                    "--seeds' first N (e.g. 1111,11111: add seeds to an earlier study)"})
     epochs: int = option(TrainLoopConfig, "epochs", help="passes over the training set, at most (paper: 3)")
     patience: int = option(TrainLoopConfig, "patience", help="stop a seed after this many epochs in a row without a "
                                                              "lower dev loss; 0 = run all --epochs (the paper)")
@@ -97,6 +99,7 @@ def run(cfg: TrainConfig) -> dict:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of --workers {cfg.workers}")
     if cfg.patience < 0:
         raise ConfigError(f"--patience {cfg.patience}: 0 (never stop early) or more epochs")
+    seeds = chosen_seeds(cfg.seeds, cfg.seed_values)  # a bad list fails here, before Ray starts
     run_id, started = new_run_id("train"), utc_now()
     out = storage.locate(cfg.output)
     train_table, n_unlabelled = read_utterances(cfg.train, cfg.label_column)
@@ -127,7 +130,7 @@ def run(cfg: TrainConfig) -> dict:
     datasets = {"train": ray.data.from_arrow(train_table), "dev": ray.data.from_arrow(dev_table)}
     runs = []
     try:
-        for seed in seed_list(cfg.seeds):
+        for seed in seeds:
             loop.seed = seed
             result = TorchTrainer(
                 train_func, train_loop_config=loop.to_dict(), torch_config=torch_config(), datasets=datasets,

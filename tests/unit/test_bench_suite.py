@@ -16,6 +16,7 @@ sys.path.insert(0, str(BENCH))
 
 import bench_scale  # noqa: E402
 import run_all  # noqa: E402
+from common import merge_seeds  # noqa: E402
 
 
 def test_make_bench_runs_the_cost_benches_and_not_the_accuracy_evaluations(monkeypatch, tmp_path):
@@ -37,6 +38,16 @@ def test_make_bench_runs_the_cost_benches_and_not_the_accuracy_evaluations(monke
 def test_every_headline_names_a_bench_that_exists():
     # NAME-VARIANT (gpu-ravdess, score-minilm) is a second results file of bench_NAME.py
     assert {name.split("-")[0] for name in run_all.HEADLINES} <= set(run_all.bench_names())
+
+
+def test_merge_keeps_earlier_seeds_not_run_now_in_the_job_order():
+    doc = {"git": "abc", "time": "t0", "command": "bench ..."}
+    old = [{"seed": 1, "v": "old"}, {"seed": 11, "v": "old"}, {"seed": 111, "v": "older", "from_results_file": "x"}]
+    new = [{"seed": 11111, "v": "new"}, {"seed": 11, "v": "new"}]
+    out = merge_seeds(new, old, doc)
+    assert [(r["seed"], r["v"]) for r in out] == [(1, "old"), (11, "new"), (111, "older"), (11111, "new")]
+    assert out[0]["from_results_file"] == doc and out[2]["from_results_file"] == "x"  # provenance kept
+    assert "from_results_file" not in out[1] and "from_results_file" not in old[0]  # inputs untouched
 
 
 def test_scale_arithmetic():

@@ -84,3 +84,30 @@ def test_the_linear_schedule_warms_up_then_decays_to_zero_as_a_function_of_the_s
     assert [lr_factor("constant", s, total) for s in (0, 150, 299)] == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="unknown lr schedule"):
         lr_factor("cosine", 0, total)
+
+
+def test_seed_values_choose_the_seeds_and_bad_lists_fail_in_one_line():
+    from cmbert.errors import ConfigError
+    from cmbert.training import chosen_seeds
+
+    assert chosen_seeds(3) == [1, 11, 111]
+    assert chosen_seeds(3, "1111,11111") == [1111, 11111]  # --seeds is ignored when values are given
+    for bad in ("1,1", "a,b", ",", "-1"):
+        with pytest.raises(ConfigError, match="--seed-values"):
+            chosen_seeds(1, bad)
+
+
+def test_a_seed_trains_the_same_alone_as_after_another_seed():
+    """What --seed-values relies on: seeds trained in separate runs add up to one study (bench_mosi, bench_ravdess)."""
+    from cmbert.testing import LocalSession, tiny_loop_config, tiny_rows
+    from cmbert.training import train_func
+
+    data = {"train": tiny_rows(16, seed=0), "dev": tiny_rows(8, seed=1)}
+
+    def losses(*seeds):
+        for seed in seeds:
+            session = LocalSession(data, keep_checkpoints=False)
+            train_func(tiny_loop_config(2) | {"seed": seed, "patience": 0}, session=session)
+        return [(m["train_loss"], m["dev_loss"]) for m, _ in session.reports]
+
+    assert losses(1, 11) == losses(11)  # bit for bit: each seed reseeds everything it draws
