@@ -214,12 +214,18 @@ class CMBert(nn.Module):
         score = self.head(self.dropout(hidden[:, 0])).squeeze(-1)  # (B, H) -> (B, 1) -> (B,)
         return CMBertOutput(score=score, alpha_t=alpha_t, beta_a=beta_a, w_m=w_m)
 
+    # The fusion's parameters that only audio reaches: with zero audio (text-only rows) their gradients are
+    # exactly zero, so their learning rate cannot change a text-only model.
+    AUDIO_PARAMS = ("fusion.proj_a.", "fusion.value_a", "fusion.w_a")
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters by learning-rate group: the encoder and head at the BERT lr, the fusion at its own."""
-        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "head": [], "fusion": []}
+        """Trainable parameters by learning-rate group: the encoder and head at the BERT lr, the fusion's
+        audio-only parameters (``AUDIO_PARAMS``) and the rest of the fusion each at their own."""
+        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "head": [], "fusion": [], "audio": []}
         for name, p in self.named_parameters():
             if p.requires_grad:
-                groups[name.split(".", 1)[0]].append(p)
+                group = "audio" if name.startswith(self.AUDIO_PARAMS) else name.split(".", 1)[0]
+                groups[group].append(p)
         return groups
 
 

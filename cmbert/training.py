@@ -62,6 +62,7 @@ class TrainLoopConfig:
     lr: float = 2e-5  # Adam, encoder and head
     fusion_lr: float = 1e-3  # Adam, masked multimodal attention (paper: 0.01, which diverges here: see README)
     head_lr: float | None = None  # None: lr (the paper's BERT rate)
+    audio_lr: float | None = None  # the fusion's audio-only parameters (CMBert.AUDIO_PARAMS); None: fusion_lr
     # constant | linear: every group's lr rises from 0 over the first WARMUP of the steps `epochs` allow, then
     # falls linearly to 0 at the last of them (the paper's BertAdam schedule); early stopping may end sooner
     lr_schedule: str = "constant"
@@ -221,6 +222,7 @@ def train_func(config: dict, session: Session | None = None) -> None:
         {"params": groups["encoder"], "lr": cfg.lr},
         {"params": groups["head"], "lr": cfg.head_lr if cfg.head_lr is not None else cfg.lr},
         {"params": groups["fusion"], "lr": cfg.fusion_lr},
+        {"params": groups["audio"], "lr": cfg.audio_lr if cfg.audio_lr is not None else cfg.fusion_lr},
     ) if g["params"]])
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 

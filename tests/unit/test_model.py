@@ -134,7 +134,7 @@ def test_audio_values_start_as_the_paper_and_then_hear():
     assert not torch.allclose(heard, noise)  # the voice reaches [CLS] as content of the attended values
     silent = values(input_ids=ids, attention_mask=mask, audio=torch.zeros(B, T, DA)).score
     assert torch.equal(silent, ref)  # audio absent (MOSI text): exactly the paper's score
-    assert any(p is values.fusion.value_a for p in values.param_groups()["fusion"])
+    assert any(p is values.fusion.value_a for p in values.param_groups()["audio"])  # trained at --audio-lr
 
 
 def test_which_configs_cannot_hear():
