@@ -56,14 +56,13 @@ def plain_loop(encoder: str, rows: list[dict], steps: int, batch: int, threads: 
 
     from cmbert.collate import collate, token_lengths
     from cmbert.model import CMBertConfig, build_model, load_tokenizer
+    from cmbert.training import TrainLoopConfig, make_optimizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = CMBertConfig(encoder=encoder, audio_dim=AUDIO_DIM, cls_audio="mean", audio_values=True)  # jobs/train.py's defaults
     model, tok = build_model(cfg), load_tokenizer(cfg)
-    groups = model.param_groups()
-    opt = torch.optim.Adam([{"params": groups["encoder"] + groups["head"], "lr": 2e-5},
-                            {"params": groups["fusion"], "lr": 1e-3}])
+    opt = make_optimizer(model, TrainLoopConfig())  # the job's default rates and groups
     model.train()
     times, model_times = [], []
     for step in range(steps + 2):  # two warm-up steps

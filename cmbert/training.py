@@ -198,6 +198,17 @@ def stops_early(history: list[dict], patience: int) -> bool:
 # ---------------------------------------------------------------- the training loop
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainLoopConfig) -> torch.optim.Adam:
+    """Adam over the model's learning-rate groups (CMBert.param_groups) at ``cfg``'s rates; empty groups left out."""
+    groups = model.param_groups()
+    return torch.optim.Adam([g for g in (
+        {"params": groups["encoder"], "lr": cfg.lr},
+        {"params": groups["head"], "lr": cfg.head_lr if cfg.head_lr is not None else cfg.lr},
+        {"params": groups["fusion"], "lr": cfg.fusion_lr},
+        {"params": groups["audio"], "lr": cfg.audio_lr if cfg.audio_lr is not None else cfg.fusion_lr},
+    ) if g["params"]])
+
+
 def train_func(config: dict, session: Session | None = None) -> None:
     """One seed: forward, loss (``cfg.loss``: L1 or MSE), backward, Adam step (at ``cfg.lr_schedule``'s rate for
     the step); dev loss and metrics and a checkpoint every epoch, until ``epochs`` or early stopping
@@ -217,13 +228,7 @@ def train_func(config: dict, session: Session | None = None) -> None:
     tokenizer = load_tokenizer(model_cfg)
     device = session.device()
     model.to(device)
-    groups = model.param_groups()
-    optimizer = torch.optim.Adam([g for g in (
-        {"params": groups["encoder"], "lr": cfg.lr},
-        {"params": groups["head"], "lr": cfg.head_lr if cfg.head_lr is not None else cfg.lr},
-        {"params": groups["fusion"], "lr": cfg.fusion_lr},
-        {"params": groups["audio"], "lr": cfg.audio_lr if cfg.audio_lr is not None else cfg.fusion_lr},
-    ) if g["params"]])
+    optimizer = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     start_epoch, history = 0, []  # history: one entry per epoch (rank 0's dev metrics), kept in the train state
