@@ -62,7 +62,9 @@ class TrainLoopConfig:
     lr: float = 2e-5  # Adam, encoder and head
     fusion_lr: float = 1e-3  # Adam, masked multimodal attention (paper: 0.01, which diverges here: see README)
     head_lr: float | None = None  # None: lr (the paper's BERT rate)
-    audio_lr: float | None = None  # the fusion's audio-only parameters (CMBert.AUDIO_PARAMS); None: fusion_lr
+    # the fusion's audio-only parameters (CMBert.AUDIO_PARAMS): RAVDESS dev, 5 paired seeds, non0 Acc2 0.844 vs 0.834
+    # at fusion_lr (README); text-only rows give them zero gradient, so MOSI is the same at any rate
+    audio_lr: float = 3e-3
     # constant | linear: every group's lr rises from 0 over the first WARMUP of the steps `epochs` allow, then
     # falls linearly to 0 at the last of them (the paper's BertAdam schedule); early stopping may end sooner
     lr_schedule: str = "constant"
@@ -205,7 +207,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainLoopConfig) -> torch.optim.
         {"params": groups["encoder"], "lr": cfg.lr},
         {"params": groups["head"], "lr": cfg.head_lr if cfg.head_lr is not None else cfg.lr},
         {"params": groups["fusion"], "lr": cfg.fusion_lr},
-        {"params": groups["audio"], "lr": cfg.audio_lr if cfg.audio_lr is not None else cfg.fusion_lr},
+        {"params": groups["audio"], "lr": cfg.audio_lr},
     ) if g["params"]])
 
 

@@ -77,8 +77,8 @@ class TrainConfig:
                                                                   "attention (paper: 0.01, which diverges here: see README)")
     head_lr: float | None = option(TrainLoopConfig, "head_lr", help="learning rate of the regression head "
                                                                     "(default: --lr, as the paper's BERT rate)")
-    audio_lr: float | None = option(TrainLoopConfig, "audio_lr", help="learning rate of the fusion's audio-only "
-                                    "parameters (audio projection, audio values, w_a; default: --fusion-lr)")
+    audio_lr: float = option(TrainLoopConfig, "audio_lr", help="learning rate of the fusion's audio-only parameters "
+                             "(audio projection, audio values, w_a); the paper's model leaves them untrained")
     lr_schedule: str = option(TrainLoopConfig, "lr_schedule", choices=("constant", "linear"),
                               help="linear: warm up over the first 10%% of the steps --epochs allow, then decay to 0 "
                                    "(the paper's BertAdam)")
