@@ -41,7 +41,7 @@ def data():
 def run(data, epochs, patience, resume_from=None, lr=0.0) -> LocalSession:
     config = tiny_loop_config(epochs) | {"patience": patience}
     if lr == 0.0:
-        config |= {"lr": 0.0, "fusion_lr": 0.0, "head_lr": 0.0}
+        config |= {"lr": 0.0, "fusion_lr": 0.0, "head_lr": 0.0, "audio_lr": 0.0}
     session = LocalSession(data, resume_from)
     train_func(config, session=session)
     return session
@@ -117,7 +117,8 @@ def test_two_ranks_stop_at_the_epoch_rank_0_decides(data, tmp_path):
 
     ctx = mp.get_context("spawn")
     out = str(tmp_path / "epochs")
-    config = tiny_loop_config(6) | {"patience": 1, "lr": 0.0, "fusion_lr": 0.0, "head_lr": 0.0}  # one tiny BERT
+    config = tiny_loop_config(6) | {"patience": 1, "lr": 0.0, "fusion_lr": 0.0, "head_lr": 0.0,
+                                    "audio_lr": 0.0}  # one tiny BERT
     procs = [ctx.Process(target=_rank_main, args=(r, str(tmp_path / "pg"), out, data, config)) for r in (0, 1)]
     for p in procs:
         p.start()
