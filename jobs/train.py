@@ -84,6 +84,8 @@ class TrainConfig:
                                    "(the paper's BertAdam)")
     label_column: str = field(default="label", metadata={"help": "column (or key of `extra`) with the target"})
     proj_dim: int = option(CMBertConfig, "proj_dim", help="projection size of the masked multimodal attention")
+    audio_kernel: int = option(CMBertConfig, "audio_kernel", help="Conv1D kernel of the audio projection (odd; "
+                               ">1 lets each word's query see its neighbours' audio)")
     audio_norm: bool = field(default=True, metadata={"help": "standardise word audio with the training set's "
                                                              "per-feature mean and std (kept in the checkpoint)"})
     dropout: float = option(CMBertConfig, "dropout", help="dropout after the fusion and before the head")
