@@ -61,8 +61,9 @@ DEV_ACTORS = RAVDESS_DEV_ACTORS
 # ---------------------------------------------------------------- the split
 
 
-def split_by_actor(utterances: str, work: str) -> dict:
-    """Write work/train/utterances and work/dev/utterances (UTTERANCES_SCHEMA); returns their URIs and counts."""
+def split_by_actor(utterances: str, work: str, centre: bool = False) -> dict:
+    """Write work/train/utterances and work/dev/utterances (UTTERANCES_SCHEMA); returns their URIs and counts.
+    ``centre``: each actor's word audio less that actor's mean word vector (``centred_by_actor``)."""
     import pyarrow.compute as pc
 
     from cmbert import storage
@@ -73,6 +74,8 @@ def split_by_actor(utterances: str, work: str) -> dict:
     out = {}
     for name, actors in (("train", TRAIN_ACTORS), ("dev", DEV_ACTORS)):
         part = table.filter(pc.is_in(actor, value_set=__import__("pyarrow").array(sorted(actors))))
+        if centre:
+            part = centred_by_actor(part)
         uri = os.path.join(work, name, "utterances")
         shutil.rmtree(os.path.join(work, name), ignore_errors=True)  # a rerun must not append a second copy
         storage.write_table(part, uri, UTTERANCES_SCHEMA, name=f"ravdess-{name}")
@@ -84,6 +87,29 @@ def split_by_actor(utterances: str, work: str) -> dict:
     out["source"] = {"uri": utterances, "rows": table.num_rows,
                      "other_actors": int(table.num_rows - out["train"]["rows"] - out["dev"]["rows"])}
     return out
+
+
+def centred_by_actor(table):
+    """An experiment, not a job option: every word vector less the mean word vector of its actor (over all of that
+    actor's words with features in ``table``; a speaker baseline). It removes who speaks from the audio, keeping
+    how this utterance differs from the speaker's usual voice; it uses the unseen speakers' unlabelled audio, and
+    RAVDESS's actors each voice every emotion, so their means carry no valence."""
+    import numpy as np
+    import pyarrow as pa
+
+    rows = table.to_pylist()
+    sums: dict[str, list] = {}
+    for r in rows:
+        acc = sums.setdefault(dict(r["extra"])["actor"], [0.0, 0])
+        for w in r["words"]:
+            if w["features"] is not None:
+                acc[0], acc[1] = acc[0] + np.asarray(w["features"], np.float64), acc[1] + 1
+    means = {a: s / max(n, 1) for a, (s, n) in sums.items()}
+    for r in rows:
+        for w in r["words"]:
+            if w["features"] is not None:
+                w["features"] = (np.asarray(w["features"]) - means[dict(r["extra"])["actor"]]).astype(np.float32).tolist()
+    return pa.Table.from_pylist(rows, schema=table.schema)
 
 
 def majority(labels) -> dict:
@@ -359,13 +385,15 @@ def main() -> None:
                    "interrupted run of the same models finished (its model folders in --work)")
     p.add_argument("--train-args", default="", help="more jobs/train.py flags for every model, one string")
     p.add_argument("--results", default="ravdess", help="bench/results/NAME.json to write")
+    p.add_argument("--centre-by-actor", action="store_true", help="experiment: subtract each actor's mean word "
+                   "vector from their words in both splits (a speaker baseline; centred_by_actor)")
     args = p.parse_args()
     t_all = time.perf_counter()
     preprocess_s = None
     if args.utterances is None:
         args.utterances, preprocess_s = preprocess(args.features)
 
-    split = split_by_actor(args.utterances, args.work)
+    split = split_by_actor(args.utterances, args.work, centre=args.centre_by_actor)
     print(f"[ravdess] split: {json.dumps(split)}", flush=True)
     from cmbert.collate import read_utterances
 
@@ -433,6 +461,7 @@ def main() -> None:
                           "the same word features; paper mode at the majority rate (issue 12)"),
                "total_s": time.perf_counter() - t_all}
     figures["train_args_extra"] = shlex.split(args.train_args)
+    figures["centre_by_actor"] = args.centre_by_actor
     figures["load_average_1_5_15_min_at_end"] = list(os.getloadavg())  # the machine is shared: see the notes
     write_result(args.results, figures, notes=args_notes(args))
 
