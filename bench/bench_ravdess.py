@@ -96,19 +96,21 @@ def centred_by_actor(table):
     RAVDESS's actors each voice every emotion, so their means carry no valence."""
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     rows = table.to_pylist()
+    actors = pc.map_lookup(table.column("extra"), "actor", "first").to_pylist()  # as split_by_actor reads it
     sums: dict[str, list] = {}
-    for r in rows:
-        acc = sums.setdefault(dict(r["extra"])["actor"], [0.0, 0])
+    for r, a in zip(rows, actors):
+        acc = sums.setdefault(a, [0.0, 0])
         for w in r["words"]:
             if w["features"] is not None:
                 acc[0], acc[1] = acc[0] + np.asarray(w["features"], np.float64), acc[1] + 1
     means = {a: s / max(n, 1) for a, (s, n) in sums.items()}
-    for r in rows:
+    for r, a in zip(rows, actors):
         for w in r["words"]:
             if w["features"] is not None:
-                w["features"] = (np.asarray(w["features"]) - means[dict(r["extra"])["actor"]]).astype(np.float32).tolist()
+                w["features"] = (np.asarray(w["features"]) - means[a]).astype(np.float32).tolist()
     return pa.Table.from_pylist(rows, schema=table.schema)
 
 
