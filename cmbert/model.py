@@ -37,6 +37,9 @@ class CMBertConfig:
     # voice reaches [CLS] as content, not only as attention weights over text vectors. V_a starts at zero:
     # an untrained model is exactly the paper's.
     audio_values: bool = True
+    # 0: V_a is one bias-free linear map (Da -> H). N > 0: a bias-free MLP, Da -> N -> GELU -> H (GELU(0) = 0, so
+    # zero audio still adds exactly 0); its last layer starts at zero, so an untrained model is still the paper's.
+    audio_value_hidden: int = 0
     audio_dim: int = 25  # Da; eGeMAPSv02 LLDs are 25. Set from the data by the training job.
     proj_dim: int = 30  # D: both modalities are projected to 30 in the authors' code
     text_kernel: int = 1  # Conv1D kernel sizes (odd). >1 lets neighbouring audio leak into [CLS].
@@ -57,6 +60,8 @@ class CMBertConfig:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
         if self.cls_audio not in ("zero", "mean"):
             raise ValueError(f"cls_audio must be 'zero' or 'mean', not {self.cls_audio!r}")
+        if self.audio_value_hidden < 0:
+            raise ValueError("audio_value_hidden must be 0 (linear V_a) or a hidden size")
         if self.text_kernel % 2 == 0 or self.audio_kernel % 2 == 0:
             raise ValueError("text_kernel and audio_kernel must be odd (same-length convolution)")
         if self.audio_dim < 1:
@@ -117,7 +122,15 @@ class MaskedMultimodalAttention(nn.Module):
         self.b = nn.Parameter(torch.zeros(1))
         self.attention_dropout = nn.Dropout(config.attention_dropout)
         # (H, Da), zeros, created without drawing random numbers: a seed gives the paper's weights either way.
-        self.value_a = nn.Parameter(torch.zeros(hidden_size, config.audio_dim)) if config.audio_values else None
+        # With audio_value_hidden = N: value_a_in (N, Da), drawn on a forked RNG (the other weights stay those
+        # of the same seed without it), and value_a (H, N), zeros.
+        self.value_a_in, self.value_a = None, None
+        n, da = config.audio_value_hidden, config.audio_dim
+        if config.audio_values and n:
+            with torch.random.fork_rng(devices=[]):
+                self.value_a_in = nn.Parameter(torch.randn(n, da) * da ** -0.5)
+        if config.audio_values:
+            self.value_a = nn.Parameter(torch.zeros(hidden_size, n or da))
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.dropout = nn.Dropout(config.dropout)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -144,7 +157,10 @@ class MaskedMultimodalAttention(nn.Module):
 
         values = x_t  # (B, T, H)
         if self.value_a is not None:  # ours: audio content in the values; zero audio (padding, [CLS]) adds 0
-            values = x_t + F.linear(audio * keep, self.value_a)  # (B, T, Da) -> (B, T, H)
+            content = audio * keep  # (B, T, Da)
+            if self.value_a_in is not None:
+                content = F.gelu(F.linear(content, self.value_a_in))  # (B, T, Da) -> (B, T, N)
+            values = x_t + F.linear(content, self.value_a)  # (B, T, Da or N) -> (B, T, H)
         x_att = self.attention_dropout(w_m) @ values  # (B, T, T) @ (B, T, H) -> (B, T, H), eq. 8
         # Residual, linear, LayerNorm, in the authors' order: LayerNorm(dropout(dense(X_att + X_t))).
         hidden = self.layer_norm(self.dropout(self.dense(x_att + x_t)))  # (B, T, H)
@@ -276,7 +292,7 @@ def estimate_flops(config: CMBertConfig, tokens: float) -> dict[str, float]:
     encoder's own config file); padding is not useful work, so it is not counted. Per encoder layer: Q, K, V, O
     and the FFN, 2 t (4 H^2 + 2 H I), plus QK^T and AV over all heads, 4 t^2 H. The fusion (eq. 1-8): the two
     projections, 2 t D (H k_t + Da k_a); the two T x T similarities, 4 t^2 D; W_m X_t, 2 t^2 H; its dense layer,
-    2 t H^2; with ``audio_values`` also A V_a, 2 t Da H (W_m then multiplies X_t + A V_a: no second product).
+    2 t H^2; with ``audio_values`` also A V_a, 2 t Da H, or 2 t N (Da + H) as an MLP (W_m then multiplies X_t + A V_a: no second product).
     The head: 2 H. Embeddings, norms, biases and softmaxes are left out (about 0.1%)."""
     enc = config.encoder_config
     if enc is None:
@@ -290,5 +306,6 @@ def estimate_flops(config: CMBertConfig, tokens: float) -> dict[str, float]:
         fwd += 2 * t * d * (h * config.text_kernel + da * config.audio_kernel) + 4 * t * t * d + 2 * t * t * h
         fwd += 2 * t * h * h
         if config.audio_values:
-            fwd += 2 * t * da * h
+            n = config.audio_value_hidden
+            fwd += 2 * t * n * (da + h) if n else 2 * t * da * h
     return {"forward": fwd, "train": 3.0 * fwd}

@@ -137,6 +137,26 @@ def test_audio_values_start_as_the_paper_and_then_hear():
     assert any(p is values.fusion.value_a for p in values.param_groups()["audio"])  # trained at --audio-lr
 
 
+def test_nonlinear_audio_values_start_as_the_paper_and_then_hear():
+    paper = make_model(**PAPER)
+    mlp = make_model(cls_audio="zero", audio_values=True, audio_value_hidden=8)
+    ids, mask, audio = make_batch()
+    ref = paper(input_ids=ids, attention_mask=mask, audio=audio).score
+    # value_a_in is drawn on a forked RNG, value_a starts at zero: bit for bit the paper's untrained model
+    assert torch.equal(mlp(input_ids=ids, attention_mask=mask, audio=audio).score, ref)
+    assert mlp.fusion.value_a_in.shape == (8, DA) and mlp.fusion.value_a.shape[1] == 8
+    with torch.no_grad():
+        mlp.fusion.value_a.normal_(std=0.1)
+    heard = mlp(input_ids=ids, attention_mask=mask, audio=audio).score
+    assert not torch.allclose(heard, mlp(input_ids=ids, attention_mask=mask, audio=-audio).score)
+    silent = mlp(input_ids=ids, attention_mask=mask, audio=torch.zeros(B, T, DA)).score
+    assert torch.equal(silent, ref)  # GELU(0) = 0 and no bias: text-only rows keep the paper's score
+    audio_group = mlp.param_groups()["audio"]
+    assert any(p is mlp.fusion.value_a_in for p in audio_group) and any(p is mlp.fusion.value_a for p in audio_group)
+    with pytest.raises(ValueError, match="audio_value_hidden"):
+        CMBertConfig(audio_value_hidden=-1)
+
+
 def test_which_configs_cannot_hear():
     from cmbert.scoring import audio_cannot_change_score
 
@@ -148,7 +168,7 @@ def test_which_configs_cannot_hear():
 
 
 @pytest.mark.parametrize("kw", [{}, {"audio_values": True, "cls_audio": "mean", "text_kernel": 3, "audio_kernel": 3},
-                                {"fusion": "none"}])
+                                {"audio_value_hidden": 6}, {"fusion": "none"}])
 def test_estimate_flops_counts_every_weight_matrix_of_the_model(kw):
     """The per-token term of estimate_flops is 2 x the weights the model multiplies each word-piece by (every
     matrix outside the embeddings and the head), the constant term 2 x the head's; training is 3 x forward."""
