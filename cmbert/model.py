@@ -40,6 +40,11 @@ class CMBertConfig:
     # 0: V_a is one bias-free linear map (Da -> H). N > 0: a bias-free MLP, Da -> N -> GELU -> H (GELU(0) = 0, so
     # zero audio still adds exactly 0); its last layer starts at zero, so an untrained model is still the paper's.
     audio_value_hidden: int = 0
+    # Ours: a bias-free linear map from the [CLS] audio vector (the standardised mean word audio) straight to the
+    # score, beside the head: the linear probe of the word features inside the model. Zero at the start and for
+    # zero audio (text-only rows; the paper's cls_audio="zero"), so it changes neither MOSI nor paper mode.
+    # On by default since 2026-12-06 (RAVDESS dev, 5 paired seeds: README); checkpoints saved before have none.
+    audio_direct: bool = True
     audio_dim: int = 25  # Da; eGeMAPSv02 LLDs are 25. Set from the data by the training job.
     proj_dim: int = 30  # D: both modalities are projected to 30 in the authors' code
     text_kernel: int = 1  # Conv1D kernel sizes (odd). >1 lets neighbouring audio leak into [CLS].
@@ -77,7 +82,11 @@ class CMBertConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "CMBertConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**(SAVED_BEFORE | {k: v for k, v in data.items() if k in known}))
+
+
+# Fields added with a default that a config saved before them did not have: what such a checkpoint was trained with.
+SAVED_BEFORE = {"audio_direct": False}
 
 
 PAPER = {"cls_audio": "zero", "audio_values": False}  # CMBertConfig(**PAPER): the paper's model, deaf at [CLS]
@@ -179,6 +188,10 @@ class CMBert(nn.Module):
         self.fusion = MaskedMultimodalAttention(config, hidden_size, eps) if config.fusion == "cmbert" else None
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(hidden_size, 1)
+        # (1, Da), zeros, drawn from no RNG (a seed's other weights stay the same with or without it)
+        self.audio_head = None  # T-BERT (fusion "none") reads no audio: no term (DDP refuses unused weights)
+        if config.audio_direct and self.fusion is not None:
+            self.audio_head = nn.Parameter(torch.zeros(1, config.audio_dim))
         init_std = getattr(encoder.config, "initializer_range", 0.02)
         for linear in [self.head] + ([self.fusion.dense] if self.fusion is not None else []):
             nn.init.normal_(linear.weight, std=init_std)  # BERT's initialisation, as the authors' apply()
@@ -228,11 +241,13 @@ class CMBert(nn.Module):
         audio = self.cls_audio(audio, attention_mask)  # (B, T, Da)
         hidden, alpha_t, beta_a, w_m = self.fusion(x_t, audio, attention_mask)
         score = self.head(self.dropout(hidden[:, 0])).squeeze(-1)  # (B, H) -> (B, 1) -> (B,)
+        if self.audio_head is not None:
+            score = score + F.linear(audio[:, 0], self.audio_head).squeeze(-1)  # (B, Da) -> (B, 1) -> (B,)
         return CMBertOutput(score=score, alpha_t=alpha_t, beta_a=beta_a, w_m=w_m)
 
     # The fusion's parameters that only audio reaches: with zero audio (text-only rows) their gradients are
     # exactly zero, so their learning rate cannot change a text-only model.
-    AUDIO_PARAMS = ("fusion.proj_a.", "fusion.value_a", "fusion.w_a")
+    AUDIO_PARAMS = ("fusion.proj_a.", "fusion.value_a", "fusion.w_a", "audio_head")
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by learning-rate group: the encoder and head at the BERT lr, the fusion's
@@ -293,7 +308,7 @@ def estimate_flops(config: CMBertConfig, tokens: float) -> dict[str, float]:
     and the FFN, 2 t (4 H^2 + 2 H I), plus QK^T and AV over all heads, 4 t^2 H. The fusion (eq. 1-8): the two
     projections, 2 t D (H k_t + Da k_a); the two T x T similarities, 4 t^2 D; W_m X_t, 2 t^2 H; its dense layer,
     2 t H^2; with ``audio_values`` also A V_a, 2 t Da H, or 2 t N (Da + H) as an MLP (W_m then multiplies X_t + A V_a: no second product).
-    The head: 2 H. Embeddings, norms, biases and softmaxes are left out (about 0.1%)."""
+    The head: 2 H, with ``audio_direct`` also 2 Da. Embeddings, norms, biases and softmaxes are left out (about 0.1%)."""
     enc = config.encoder_config
     if enc is None:
         from transformers import AutoConfig
@@ -301,6 +316,8 @@ def estimate_flops(config: CMBertConfig, tokens: float) -> dict[str, float]:
         enc = AutoConfig.from_pretrained(resolve_encoder(config.encoder)).to_dict()
     h, inter, layers, t = enc["hidden_size"], enc["intermediate_size"], enc["num_hidden_layers"], float(tokens)
     fwd = layers * (2 * t * (4 * h * h + 2 * h * inter) + 4 * t * t * h) + 2 * h
+    if config.fusion == "cmbert" and config.audio_direct:
+        fwd += 2 * config.audio_dim
     if config.fusion == "cmbert":
         d, da = config.proj_dim, config.audio_dim
         fwd += 2 * t * d * (h * config.text_kernel + da * config.audio_kernel) + 4 * t * t * d + 2 * t * t * h

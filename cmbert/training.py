@@ -89,7 +89,8 @@ class TrainLoopConfig:
     def from_dict(cls, data: dict) -> "TrainLoopConfig":
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        return cls(**values | {"model": CMBertConfig.from_dict(values.get("model", {}))})
+        model = CMBertConfig.from_dict(values["model"]) if "model" in values else CMBertConfig()
+        return cls(**values | {"model": model})
 
 
 # ---------------------------------------------------------------- what train_func needs from Ray

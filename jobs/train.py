@@ -60,6 +60,8 @@ class TrainConfig:
                                                                     "word audio too, so the voice reaches the score")
     audio_value_hidden: int = option(CMBertConfig, "audio_value_hidden", help="0 = V_a is linear; N = a bias-free "
                                      "MLP from word audio to the values, N hidden units (GELU)")
+    audio_direct: bool = option(CMBertConfig, "audio_direct", help="ours: the mean word audio also reaches the score "
+                                "directly (a bias-free linear term beside the head, zero at the start)")
     seeds: int = field(default=1, metadata={"help": "train this many seeds (1, 11, 111, ... as the authors)"})
     seed_values: str | None = field(default=None, metadata={"help": "comma-separated seeds to train instead of "
                                     "--seeds' first N (e.g. 1111,11111: add seeds to an earlier study)"})

@@ -157,6 +157,35 @@ def test_nonlinear_audio_values_start_as_the_paper_and_then_hear():
         CMBertConfig(audio_value_hidden=-1)
 
 
+def test_direct_audio_term_starts_as_the_paper_and_then_hears():
+    """audio_direct: the mean word audio at [CLS] reaches the score through a bias-free linear term, zero at first."""
+    base = make_model(cls_audio="mean", audio_values=False)
+    direct = make_model(cls_audio="mean", audio_values=False, audio_direct=True)
+    ids, mask, audio = make_batch()
+    ref = base(input_ids=ids, attention_mask=mask, audio=audio).score
+    assert torch.equal(direct(input_ids=ids, attention_mask=mask, audio=audio).score, ref)  # no RNG drawn, zero
+    with torch.no_grad():
+        direct.audio_head.normal_(std=0.1)
+    heard = direct(input_ids=ids, attention_mask=mask, audio=audio).score
+    # Only the [CLS] row's audio enters the attention at w_a * beta_a: the change is the direct term exactly
+    cls = direct.cls_audio(direct.standardise(audio), mask)[:, 0]  # (B, Da)
+    assert torch.allclose(heard - ref, cls @ direct.audio_head[0], atol=1e-6)
+    silent = torch.zeros(B, T, DA)
+    assert torch.equal(direct(input_ids=ids, attention_mask=mask, audio=silent).score,
+                       base(input_ids=ids, attention_mask=mask, audio=silent).score)  # text-only rows: exactly 0
+    paper_direct = make_model(**PAPER, audio_direct=True)
+    with torch.no_grad():
+        paper_direct.audio_head.normal_(std=0.1)
+    assert torch.equal(paper_direct(input_ids=ids, attention_mask=mask, audio=audio).score,
+                       paper_direct(input_ids=ids, attention_mask=mask, audio=-audio).score)  # A_[CLS] = 0: deaf
+    assert any(p is direct.audio_head for p in direct.param_groups()["audio"])
+    # The default since 2026-12-06; a config saved before the field existed was trained without it
+    saved = CMBertConfig(audio_direct=False).to_dict()
+    del saved["audio_direct"]
+    assert CMBertConfig().audio_direct and not CMBertConfig.from_dict(saved).audio_direct
+    assert CMBertConfig.from_dict(CMBertConfig().to_dict()) == CMBertConfig()
+
+
 def test_which_configs_cannot_hear():
     from cmbert.scoring import audio_cannot_change_score
 
@@ -168,14 +197,14 @@ def test_which_configs_cannot_hear():
 
 
 @pytest.mark.parametrize("kw", [{}, {"audio_values": True, "cls_audio": "mean", "text_kernel": 3, "audio_kernel": 3},
-                                {"audio_value_hidden": 6}, {"fusion": "none"}])
+                                {"audio_value_hidden": 6}, {"audio_direct": True}, {"fusion": "none"}])
 def test_estimate_flops_counts_every_weight_matrix_of_the_model(kw):
     """The per-token term of estimate_flops is 2 x the weights the model multiplies each word-piece by (every
     matrix outside the embeddings and the head), the constant term 2 x the head's; training is 3 x forward."""
     config = CMBertConfig(encoder_config=tiny_encoder_config(), audio_dim=DA, **kw)
     model = build_model(config)
     matrices = {n: p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and ".embeddings." not in f".{n}"}
-    head = matrices.pop("head.weight")
+    head = matrices.pop("head.weight") + matrices.pop("audio_head", 0)  # once per utterance, not per token
     f1, f2, f3 = (estimate_flops(config, t)["forward"] for t in (1, 2, 3))
     t2 = (f3 - 2 * f2 + f1) / 2  # f(t) = a t^2 + b t + c
     per_token, constant = f2 - f1 - 3 * t2, f1 - (f2 - f1 - 3 * t2) - t2
