@@ -113,20 +113,20 @@ def test_a_seed_trains_the_same_alone_as_after_another_seed():
     assert losses(1, 11) == losses(11)  # bit for bit: each seed reseeds everything it draws
 
 
-def test_audio_lr_moves_only_audio_and_cannot_change_a_text_only_or_a_paper_model():
-    """--audio-lr trains the fusion's audio-only parameters (CMBert.AUDIO_PARAMS): on text-only rows (MOSI here)
+def test_audio_lr_and_the_direct_term_cannot_change_a_text_only_or_a_paper_model():
+    """--audio-lr trains the audio-only parameters (CMBert.AUDIO_PARAMS): on text-only rows (MOSI here)
     their gradients are exactly zero, so the rate changes nothing, bit for bit; nor in the paper's model, which
     cannot hear (A_[CLS] = 0, no audio values), so its 3e-3 default keeps `--fusion-lr 0.01` the paper's recipe;
-    with audio, in our variant, it changes the run."""
+    with audio, in our variant, it changes the run. The same holds for --audio-direct on or off."""
     from cmbert.model import CMBertConfig
     from cmbert.testing import LocalSession, loop_config, tiny_encoder_dir, tiny_rows
     from cmbert.training import NO_AUDIO, train_func
 
-    def losses(audio: bool, audio_lr: float, paper: bool = False):
+    def losses(audio: bool, audio_lr: float, paper: bool = False, direct: bool = True):
         data = {"train": tiny_rows(16, seed=0, audio=audio), "dev": tiny_rows(8, seed=1, audio=audio)}
         dim = 4 if audio else 1  # text-only data: one channel of zeros, as jobs/train.py sets it
         model = CMBertConfig(encoder=tiny_encoder_dir(), cls_audio="zero" if paper else "mean",
-                             audio_values=not paper, audio_dim=dim)
+                             audio_values=not paper, audio_dim=dim, audio_direct=direct)
         cfg = loop_config(model, epochs=2, batch_size=8, patience=0, audio_lr=audio_lr,
                           feature_set="gen" if audio else NO_AUDIO, feature_dim=dim if audio else 0)
         session = LocalSession(data, keep_checkpoints=False)
@@ -136,3 +136,6 @@ def test_audio_lr_moves_only_audio_and_cannot_change_a_text_only_or_a_paper_mode
     assert losses(False, 1e-3) == losses(False, 0.3)
     assert losses(True, 1e-3, paper=True) == losses(True, 0.3, paper=True)
     assert losses(True, 1e-3) != losses(True, 0.3)
+    assert losses(False, 1e-3, direct=False) == losses(False, 1e-3)
+    assert losses(True, 1e-3, paper=True, direct=False) == losses(True, 1e-3, paper=True)
+    assert losses(True, 1e-3, direct=False) != losses(True, 1e-3)
