@@ -188,9 +188,9 @@ class CMBert(nn.Module):
         self.fusion = MaskedMultimodalAttention(config, hidden_size, eps) if config.fusion == "cmbert" else None
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(hidden_size, 1)
-        # (1, Da), zeros, drawn from no RNG (a seed's other weights stay the same with or without it)
         self.audio_head = None  # T-BERT (fusion "none") reads no audio: no term (DDP refuses unused weights)
         if config.audio_direct and self.fusion is not None:
+            # (1, Da), zeros, drawn from no RNG (a seed's other weights stay the same with or without it)
             self.audio_head = nn.Parameter(torch.zeros(1, config.audio_dim))
         init_std = getattr(encoder.config, "initializer_range", 0.02)
         for linear in [self.head] + ([self.fusion.dense] if self.fusion is not None else []):
@@ -316,10 +316,10 @@ def estimate_flops(config: CMBertConfig, tokens: float) -> dict[str, float]:
         enc = AutoConfig.from_pretrained(resolve_encoder(config.encoder)).to_dict()
     h, inter, layers, t = enc["hidden_size"], enc["intermediate_size"], enc["num_hidden_layers"], float(tokens)
     fwd = layers * (2 * t * (4 * h * h + 2 * h * inter) + 4 * t * t * h) + 2 * h
-    if config.fusion == "cmbert" and config.audio_direct:
-        fwd += 2 * config.audio_dim
     if config.fusion == "cmbert":
         d, da = config.proj_dim, config.audio_dim
+        if config.audio_direct:
+            fwd += 2 * da  # once per utterance, beside the head
         fwd += 2 * t * d * (h * config.text_kernel + da * config.audio_kernel) + 4 * t * t * d + 2 * t * t * h
         fwd += 2 * t * h * h
         if config.audio_values:

@@ -159,7 +159,7 @@ def test_nonlinear_audio_values_start_as_the_paper_and_then_hear():
 
 def test_direct_audio_term_starts_as_the_paper_and_then_hears():
     """audio_direct: the mean word audio at [CLS] reaches the score through a bias-free linear term, zero at first."""
-    base = make_model(cls_audio="mean", audio_values=False)
+    base = make_model(cls_audio="mean", audio_values=False, audio_direct=False)
     direct = make_model(cls_audio="mean", audio_values=False, audio_direct=True)
     ids, mask, audio = make_batch()
     ref = base(input_ids=ids, attention_mask=mask, audio=audio).score
@@ -197,7 +197,7 @@ def test_which_configs_cannot_hear():
 
 
 @pytest.mark.parametrize("kw", [{}, {"audio_values": True, "cls_audio": "mean", "text_kernel": 3, "audio_kernel": 3},
-                                {"audio_value_hidden": 6}, {"audio_direct": True}, {"fusion": "none"}])
+                                {"audio_value_hidden": 6}, {"audio_direct": False}, {"fusion": "none"}])
 def test_estimate_flops_counts_every_weight_matrix_of_the_model(kw):
     """The per-token term of estimate_flops is 2 x the weights the model multiplies each word-piece by (every
     matrix outside the embeddings and the head), the constant term 2 x the head's; training is 3 x forward."""
